@@ -1,0 +1,1 @@
+"""vidiff: image diffusion models extended to video."""

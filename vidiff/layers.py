@@ -1,0 +1,317 @@
+"""Building blocks of the space-time UNet: embeddings, ResBlock, spatial and temporal layers.
+
+Spatial layers see frames folded into the batch, `(b f) c h w`. Temporal layers take the same
+tensor plus `f`, mix along the frame axis and return `(b f) c h w`; each is residual and starts as
+the identity (its last layer is zero in weight and bias). Parameter names of the spatial layers
+follow diffusers' UNet2DConditionModel, so SD checkpoints load without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+ATTENTION_BACKENDS = ("sdpa", "xformers", "math", "auto")
+
+
+def xformers_available() -> bool:
+    """True when xformers can be imported."""
+    try:
+        import xformers.ops  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn a requested attention backend into the one that will run on `device`."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "xformers" if device.type == "cuda" and xformers_available() else "sdpa"
+    if backend == "xformers":
+        if not xformers_available():
+            raise ValueError("attention_backend='xformers' but xformers is not installed "
+                             "(pip install 'vidiff[xformers]'); use 'sdpa' or 'auto'")
+        if device.type != "cuda":
+            raise ValueError(f"attention_backend='xformers' needs CUDA tensors, got device {device}; "
+                             "use 'sdpa' or 'auto'")
+    return backend
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
+    """Multi-head attention over `b heads n d` tensors through the chosen backend."""
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v)
+    if backend == "math":
+        w = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        return w.softmax(dim=-1) @ v
+    if backend == "xformers":
+        import xformers.ops as xops
+
+        out = xops.memory_efficient_attention(*(t.transpose(1, 2).contiguous() for t in (q, k, v)))
+        return out.transpose(1, 2)
+    raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS[:3]}, got {backend!r}")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True,
+                       freq_shift: float = 0.0, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of noise levels `t` (any shape) -> `(*t.shape, dim)`, as in DDPM / diffusers."""
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = torch.exp(exponent / (half - freq_shift))
+    args = t.float()[..., None] * freqs
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+    if flip_sin_to_cos:
+        emb = torch.cat([emb[..., half:], emb[..., :half]], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """MLP on the sinusoidal embedding: linear -> SiLU -> linear."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed."""
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the time embedding added in between (per frame)."""
+
+    def __init__(self, cin: int, cout: int, temb_dim: int, groups: int = 32, eps: float = 1e-5,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb_dim, cout)
+        self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """x: `(b f) c h w`, temb: `(b f) d`."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return skip + h
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v projections (self or cross)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None, dropout: float = 0.0,
+                 qkv_bias: bool = False):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by heads={heads}")
+        self.heads = heads
+        kv_dim = context_dim or dim
+        self.to_q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.to_k = nn.Linear(kv_dim, dim, bias=qkv_bias)
+        self.to_v = nn.Linear(kv_dim, dim, bias=qkv_bias)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])
+        self.backend = "sdpa"
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x: `b n c`; context: `b m c'` or None for self-attention."""
+        ctx = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        out = attention(q, k, v, self.backend)
+        out = rearrange(out, "b h n d -> b n (h d)")
+        return self.to_out[1](self.to_out[0](out))
+
+
+class GEGLU(nn.Module):
+    """Gated GELU projection (Shazeer 2020)."""
+
+    def __init__(self, din: int, dout: int):
+        super().__init__()
+        self.proj = nn.Linear(din, dout * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project and gate."""
+        h, gate = self.proj(x).chunk(2, dim=-1)
+        return h * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward with a 4x inner width."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(dropout), nn.Linear(dim * mult, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply."""
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention, cross-attention and feed-forward, each residual."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, context_dim=context_dim, dropout=dropout)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, f: int) -> torch.Tensor:
+        """x: `(b f) n c`; context: `b m c'`, shared by the f frames of a sample."""
+        x = self.attn1(self.norm1(x)) + x
+        # Every frame attends to the same text, so queries of all frames go in one call
+        # against the un-repeated context: no f-fold copy of the keys and values.
+        h = rearrange(self.norm2(x), "(b f) n c -> b (f n) c", f=f)
+        x = rearrange(self.attn2(h, context), "b (f n) c -> (b f) n c", f=f) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """Per-frame transformer over the h*w tokens of a feature map, residual around the whole."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int, depth: int = 1, groups: int = 32,
+                 linear_projection: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.linear_projection = linear_projection
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        proj = (lambda: nn.Linear(channels, channels)) if linear_projection else (lambda: nn.Conv2d(channels, channels, 1))
+        self.proj_in = proj()
+        self.transformer_blocks = nn.ModuleList(
+            [TransformerBlock(channels, heads, context_dim, dropout) for _ in range(depth)])
+        self.proj_out = proj()
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, f: int) -> torch.Tensor:
+        """x: `(b f) c h w` -> same."""
+        _, _, hh, ww = x.shape
+        h = self.norm(x)
+        if self.linear_projection:
+            h = self.proj_in(rearrange(h, "n c h w -> n (h w) c"))
+        else:
+            h = rearrange(self.proj_in(h), "n c h w -> n (h w) c")
+        for block in self.transformer_blocks:
+            h = block(h, context, f)
+        if self.linear_projection:
+            h = rearrange(self.proj_out(h), "n (h w) c -> n c h w", h=hh, w=ww)
+        else:
+            h = self.proj_out(rearrange(h, "n (h w) c -> n c h w", h=hh, w=ww))
+        return h + x
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Halve h and w."""
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest 2x upsampling then a 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Double h and w."""
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+# --------------------------------------------------------------------------------------------
+# Temporal layers. Both are residual and zero-initialised in their last layer, so they start as
+# the identity for every frame count; the UNet skips them entirely when f == 1.
+
+
+class TemporalConv(nn.Module):
+    """Residual kernel-3 convolution over frames: GroupNorm -> SiLU -> conv(3 frames), zero-init.
+
+    The 3-tap conv is one 1x1 Conv2d to 3*c channels on the `(b f) c h w` tensor followed by
+    shifted adds along f. That keeps the data in the spatial layout (no permute copies) and stays
+    on the fast 2-D convolution path on CPU, where Conv3d is slow. Frames beyond the ends are
+    zero, as in a zero-padded Conv1d.
+    """
+
+    def __init__(self, channels: int, groups: int = 32, eps: float = 1e-5):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
+        # Output channel blocks [0:c], [c:2c], [2c:3c] apply to frames f-1, f, f+1.
+        self.conv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
+        self.bias = nn.Parameter(torch.zeros(channels))
+        nn.init.zeros_(self.conv.weight)
+
+    def forward(self, x: torch.Tensor, f: int) -> torch.Tensor:
+        """x: `(b f) c h w` -> same."""
+        y = self.conv(F.silu(self.norm(x)))
+        y = rearrange(y, "(b f) (k c) h w -> b f k c h w", f=f, k=3)
+        out = y[:, :, 1] + self.bias.view(-1, 1, 1).to(y.dtype)   # b f c h w, tap on frame f
+        out[:, 1:] += y[:, :-1, 0]                                # tap on frame f-1
+        out[:, :-1] += y[:, 1:, 2]                                # tap on frame f+1
+        return x + rearrange(out, "b f c h w -> (b f) c h w")
+
+    @torch.no_grad()
+    def conv1d_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The equivalent `nn.Conv1d(c, c, 3, padding=1)` weight `(c, c, 3)` and bias `(c,)`."""
+        w = self.conv.weight[:, :, 0, 0].view(3, self.conv.out_channels // 3, -1)
+        return w.permute(1, 2, 0).contiguous(), self.bias.clone()
+
+
+def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021) of `... n d` by positions `n`; no length cap."""
+    d = x.shape[-1]
+    inv = base ** (-torch.arange(0, d - d % 2, 2, device=x.device, dtype=torch.float32) / d)
+    ang = pos.float()[:, None] * inv[None]                                # n d/2
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., 0:d - d % 2:2], x[..., 1:d - d % 2:2]
+    rot = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return torch.cat([rot, x[..., d - d % 2:]], dim=-1)
+
+
+class TemporalAttention(nn.Module):
+    """Self-attention across frames at each spatial position, with RoPE on frame index.
+
+    RoPE has no table, so it runs at any frame count (the model is not capped at its training
+    length). The output projection starts at zero: the layer is the identity at inflation.
+    """
+
+    def __init__(self, channels: int, heads: int, groups: int = 32):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.to_qkv = nn.Linear(channels, 3 * channels, bias=False)
+        self.to_out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+        self.backend = "sdpa"
+
+    def forward(self, x: torch.Tensor, f: int) -> torch.Tensor:
+        """x: `(b f) c h w` -> same."""
+        _, _, hh, ww = x.shape
+        h = rearrange(self.norm(x), "(b f) c h w -> (b h w) f c", f=f)
+        q, k, v = rearrange(self.to_qkv(h), "n f (k h d) -> k n h f d", k=3, h=self.heads)
+        pos = torch.arange(f, device=x.device)
+        q, k = rope(q, pos), rope(k, pos)
+        out = rearrange(attention(q, k, v, self.backend), "n h f d -> n f (h d)")
+        out = rearrange(self.to_out(out), "(b h w) f c -> (b f) c h w", h=hh, w=ww)
+        return x + out

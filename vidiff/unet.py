@@ -1,0 +1,371 @@
+"""The UNet: one model for images and videos, `b c f h w` in and out.
+
+With `temporal=False` it is an image UNet that treats every frame independently (its layout and
+parameter names match diffusers' UNet2DConditionModel). With `temporal=True` each ResBlock is
+followed by a TemporalConv and each spatial transformer by a TemporalAttention; `vidiff.inflate`
+turns the first into the second without changing its output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .layers import (ATTENTION_BACKENDS, Downsample, ResBlock, SpatialTransformer, TemporalAttention, TemporalConv,
+                     TimestepEmbedding, Upsample, resolve_backend, timestep_embedding)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+@dataclass
+class UNetConfig:
+    """Shape of the UNet. The YAML `model:` section mirrors these fields one to one."""
+
+    in_channels: int = 4                      # channels of the (latent or pixel) video
+    out_channels: int = 4                     # usually == in_channels
+    block_out_channels: tuple = (320, 640, 1280, 1280)  # width per resolution level
+    layers_per_block: int = 2                 # ResBlocks per down level (up levels get one more)
+    attention_levels: tuple = (True, True, True, False)  # spatial transformer at this level?
+    mid_attention: bool = True                # spatial transformer in the middle block
+    num_heads: tuple = (8, 8, 8, 8)           # spatial attention heads per level
+    transformer_depth: int = 1                # transformer blocks per spatial transformer
+    cross_attention_dim: int = 768            # width of the text encoder states
+    linear_projection: bool = False           # SD 2.x uses Linear proj_in/out, SD 1.x 1x1 convs
+    norm_num_groups: int = 32                 # GroupNorm groups everywhere
+    norm_eps: float = 1e-5                    # GroupNorm eps of the ResBlocks
+    flip_sin_to_cos: bool = True              # timestep embedding layout (SD: True)
+    freq_shift: float = 0.0                   # timestep embedding frequency shift (SD: 0)
+    dropout: float = 0.0
+    # --- video ---
+    temporal: bool = True                     # add temporal conv + attention (False: image UNet)
+    temporal_heads: int = 8                   # heads of the temporal attention (capped by width)
+    temporal_attention_everywhere: bool = False  # also temporal attention at attention-free levels
+    frame_conditioning: bool = False          # extra inputs [cond * mask, mask] for i2v/continuation
+    # --- runtime (saved, but safe to change after loading) ---
+    attention_backend: str = "sdpa"           # sdpa | xformers | math | auto
+    gradient_checkpointing: bool = False      # recompute blocks in backward to save memory
+
+    def __post_init__(self):
+        for name in ("block_out_channels", "attention_levels", "num_heads"):
+            value = getattr(self, name)
+            if isinstance(value, int) and name == "num_heads":
+                value = (value,) * len(self.block_out_channels)
+            setattr(self, name, tuple(value))
+        n = len(self.block_out_channels)
+        if len(self.attention_levels) != n or len(self.num_heads) != n:
+            raise ValueError(f"attention_levels {self.attention_levels} and num_heads {self.num_heads} "
+                             f"need one entry per level of block_out_channels {self.block_out_channels}")
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups:
+                raise ValueError(f"block_out_channels {self.block_out_channels} must be multiples "
+                                 f"of norm_num_groups={self.norm_num_groups}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
+
+    @property
+    def downsample_factor(self) -> int:
+        """Height and width must be multiples of this."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        """Build from a dict; unknown keys are an error naming them."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in d if k not in names and not k.startswith("_"))
+        if unknown:
+            raise ValueError(f"unknown UNet config keys {unknown}; allowed: {sorted(names)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _heads(channels: int, heads: int) -> int:
+    """Largest head count <= `heads` that divides `channels`."""
+    heads = max(1, min(heads, channels))
+    while channels % heads:
+        heads -= 1
+    return heads
+
+
+class Level(nn.Module):
+    """One resolution level: (ResBlock [+TemporalConv] [+SpatialTransformer] [+TemporalAttention]) x n.
+
+    Used for down levels (then `skips` is None) and up levels (then each ResBlock first takes a
+    skip connection from the down path, concatenated on channels).
+    """
+
+    def __init__(self, cfg: UNetConfig, cins: list[int], cout: int, heads: int, attn: bool,
+                 temb_dim: int, sample: str | None):
+        super().__init__()
+        g, temporal = cfg.norm_num_groups, cfg.temporal
+        self.resnets = nn.ModuleList(
+            [ResBlock(c, cout, temb_dim, g, cfg.norm_eps, cfg.dropout) for c in cins])
+        self.attentions = nn.ModuleList(
+            [SpatialTransformer(cout, heads, cfg.cross_attention_dim, cfg.transformer_depth, g,
+                                cfg.linear_projection, cfg.dropout) for _ in cins]) if attn else None
+        if temporal:
+            self.temp_convs = nn.ModuleList([TemporalConv(cout, g, cfg.norm_eps) for _ in cins])
+        if temporal and (attn or cfg.temporal_attention_everywhere):
+            th = _heads(cout, cfg.temporal_heads)
+            self.temp_attentions = nn.ModuleList([TemporalAttention(cout, th, g) for _ in cins])
+        if sample == "down":
+            self.downsamplers = nn.ModuleList([Downsample(cout)])
+        elif sample == "up":
+            self.upsamplers = nn.ModuleList([Upsample(cout)])
+
+    def unit(self, i: int, h: torch.Tensor, temb: torch.Tensor, ctx: torch.Tensor, f: int) -> torch.Tensor:
+        """ResBlock i with the layers that follow it."""
+        h = self.resnets[i](h, temb)
+        if f > 1 and hasattr(self, "temp_convs"):
+            h = self.temp_convs[i](h, f)
+        if self.attentions is not None:
+            h = self.attentions[i](h, ctx, f)
+        if f > 1 and hasattr(self, "temp_attentions"):
+            h = self.temp_attentions[i](h, f)
+        return h
+
+
+class MidBlock(nn.Module):
+    """ResBlock [+TemporalConv] -> SpatialTransformer [+TemporalAttention] -> ResBlock [+TemporalConv]."""
+
+    def __init__(self, cfg: UNetConfig, temb_dim: int):
+        super().__init__()
+        c, g = cfg.block_out_channels[-1], cfg.norm_num_groups
+        self.resnets = nn.ModuleList([ResBlock(c, c, temb_dim, g, cfg.norm_eps, cfg.dropout) for _ in range(2)])
+        self.attentions = nn.ModuleList([SpatialTransformer(
+            c, cfg.num_heads[-1], cfg.cross_attention_dim, cfg.transformer_depth, g,
+            cfg.linear_projection, cfg.dropout)]) if cfg.mid_attention else None
+        if cfg.temporal:
+            self.temp_convs = nn.ModuleList([TemporalConv(c, g, cfg.norm_eps) for _ in range(2)])
+        if cfg.temporal and (cfg.mid_attention or cfg.temporal_attention_everywhere):
+            self.temp_attentions = nn.ModuleList([TemporalAttention(c, _heads(c, cfg.temporal_heads), g)])
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, ctx: torch.Tensor, f: int) -> torch.Tensor:
+        """h: `(b f) c h w` -> same."""
+        temporal = f > 1 and hasattr(self, "temp_convs")
+        h = self.resnets[0](h, temb)
+        if temporal:
+            h = self.temp_convs[0](h, f)
+        if self.attentions is not None:
+            h = self.attentions[0](h, ctx, f)
+        if temporal and hasattr(self, "temp_attentions"):
+            h = self.temp_attentions[0](h, f)
+        h = self.resnets[1](h, temb)
+        if temporal:
+            h = self.temp_convs[1](h, f)
+        return h
+
+
+class UNet(nn.Module):
+    """Space-time (or image) UNet: `unet(x, t, encoder_hidden_states=ctx)` with x `b c f h w`."""
+
+    def __init__(self, config: UNetConfig | dict | None = None, **overrides):
+        super().__init__()
+        if config is None or isinstance(config, dict):
+            config = UNetConfig.from_dict({**(config or {}), **overrides})
+        elif overrides:
+            config = UNetConfig.from_dict({**asdict(config), **overrides})
+        self.config = cfg = config
+        ch = cfg.block_out_channels
+        temb_dim = ch[0] * 4
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        if cfg.frame_conditioning:
+            # [cond * mask, mask] -> added to conv_in's output; zero so it starts as "no condition".
+            self.frame_cond_in = nn.Conv2d(cfg.in_channels + 1, ch[0], 3, padding=1, bias=False)
+            nn.init.zeros_(self.frame_cond_in.weight)
+        self.time_embedding = TimestepEmbedding(ch[0], temb_dim)
+
+        self.down_blocks = nn.ModuleList()
+        cprev = ch[0]
+        for i, c in enumerate(ch):
+            last = i == len(ch) - 1
+            cins = [cprev] + [c] * (cfg.layers_per_block - 1)
+            self.down_blocks.append(Level(cfg, cins, c, cfg.num_heads[i], cfg.attention_levels[i],
+                                          temb_dim, None if last else "down"))
+            cprev = c
+
+        self.mid_block = MidBlock(cfg, temb_dim)
+
+        # Up levels, deepest first; each ResBlock takes one skip from the down path, popped in
+        # reverse of the order pushed: conv_in, every down unit, every downsampler.
+        skips = [ch[0]]
+        for i, c in enumerate(ch):
+            skips += [c] * cfg.layers_per_block + ([c] if i < len(ch) - 1 else [])
+        self.up_blocks = nn.ModuleList()
+        cprev = ch[-1]
+        for level in reversed(range(len(ch))):
+            c = ch[level]
+            cins = [(cprev if j == 0 else c) + skips.pop() for j in range(cfg.layers_per_block + 1)]
+            self.up_blocks.append(Level(cfg, cins, c, cfg.num_heads[level], cfg.attention_levels[level],
+                                        temb_dim, "up" if level > 0 else None))
+            cprev = c
+
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+        self.set_attention_backend(cfg.attention_backend)
+
+    # ---------------------------------------------------------------------------------------
+    def set_attention_backend(self, backend: str) -> None:
+        """Choose sdpa / xformers / math / auto for every attention layer (checked at forward)."""
+        if backend not in ("sdpa", "xformers", "math", "auto"):
+            resolve_backend(backend, torch.device("cpu"))
+        self.config.attention_backend = backend
+        self._resolved_backend = None
+
+    def enable_gradient_checkpointing(self, on: bool = True) -> None:
+        """Recompute each block during backward instead of storing its activations."""
+        self.config.gradient_checkpointing = on
+
+    def temporal_parameters(self):
+        """(name, parameter) pairs of the layers added by inflation: temporal and frame-cond."""
+        return [(n, p) for n, p in self.named_parameters() if is_temporal_key(n)]
+
+    def _apply_backend(self, device: torch.device) -> None:
+        backend = resolve_backend(self.config.attention_backend, device)
+        if backend != self._resolved_backend:
+            for m in self.modules():
+                if hasattr(m, "backend"):
+                    m.backend = backend
+            self._resolved_backend = backend
+
+    def _check(self, x, t, ctx):
+        cfg = self.config
+        if not torch.is_tensor(x) or x.ndim != 5:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"x must be a 5-D video tensor (b c f h w), got shape {shape}; "
+                             "for images use x[:, :, None]")
+        b, c, f, h, w = x.shape
+        if c != cfg.in_channels:
+            raise ValueError(f"x has {c} channels, the UNet expects in_channels={cfg.in_channels}")
+        m = cfg.downsample_factor
+        if h % m or w % m:
+            raise ValueError(f"height and width must be multiples of {m} (the UNet downsamples "
+                             f"{len(cfg.block_out_channels) - 1} times), got {h}x{w}")
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(b)
+        if t.shape not in ((b,), (b, f)):
+            raise ValueError(f"t must have shape (b,)=({b},) or (b, f)=({b}, {f}), got {tuple(t.shape)}")
+        if ctx is None:
+            raise ValueError("encoder_hidden_states is required (b, n, "
+                             f"{cfg.cross_attention_dim}); pass the text encoder's states")
+        if ctx.ndim != 3 or ctx.shape[0] not in (1, b) or ctx.shape[-1] != cfg.cross_attention_dim:
+            raise ValueError(f"encoder_hidden_states must be (b={b}, n, {cfg.cross_attention_dim}), "
+                             f"got {tuple(ctx.shape)}")
+        return t, ctx.expand(b, -1, -1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict from noisy video x `b c f h w` at noise level t `(b,)` or `(b, f)`.
+
+        `cond` (`b c f h w`) and `cond_mask` (`b f`, 1 = frame given) feed the frame-conditioning
+        inputs of a model built with `frame_conditioning=True`; without them it is text-to-video.
+        """
+        cfg = self.config
+        t, ctx = self._check(x, t, encoder_hidden_states)
+        self._apply_backend(x.device)
+        b, _, f, hh, ww = x.shape
+
+        temb = timestep_embedding(t.expand(f, b).T if t.ndim == 1 else t, cfg.block_out_channels[0],
+                                  cfg.flip_sin_to_cos, cfg.freq_shift)
+        temb = self.time_embedding(rearrange(temb, "b f d -> (b f) d").to(x.dtype))     # (b f) d
+
+        h = self.conv_in(rearrange(x, "b c f h w -> (b f) c h w"))                      # (b f) c h w
+        if cfg.frame_conditioning and cond is not None:
+            h = h + self.frame_cond_in(self._cond_input(cond, cond_mask, x))
+        elif cond is not None or cond_mask is not None:
+            if not cfg.frame_conditioning:
+                raise ValueError("cond/cond_mask given but the UNet has frame_conditioning=False")
+
+        run = self._runner()
+        skips = [h]
+        for level in self.down_blocks:
+            for i in range(len(level.resnets)):
+                h = run(level.unit, i, h, temb, ctx, f)
+                skips.append(h)
+            if hasattr(level, "downsamplers"):
+                h = level.downsamplers[0](h)
+                skips.append(h)
+
+        h = run(self.mid_block, h, temb, ctx, f)
+
+        for level in self.up_blocks:
+            for i in range(len(level.resnets)):
+                h = torch.cat([h, skips.pop()], dim=1)
+                h = run(level.unit, i, h, temb, ctx, f)
+            if hasattr(level, "upsamplers"):
+                h = level.upsamplers[0](h)
+
+        h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
+        return rearrange(h, "(b f) c h w -> b c f h w", b=b)
+
+    def _runner(self):
+        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return lambda fn, *args: checkpoint(fn, *args, use_reentrant=False)
+        return lambda fn, *args: fn(*args)
+
+    def _cond_input(self, cond, cond_mask, x):
+        b, c, f, _, _ = x.shape
+        if cond.shape != x.shape:
+            raise ValueError(f"cond must have the shape of x {tuple(x.shape)}, got {tuple(cond.shape)}")
+        if cond_mask is None:
+            raise ValueError("cond_mask (b, f) is required with cond")
+        mask = torch.as_tensor(cond_mask, device=x.device, dtype=x.dtype)
+        if mask.shape != (b, f):
+            raise ValueError(f"cond_mask must have shape (b, f)=({b}, {f}), got {tuple(mask.shape)}")
+        mask = mask[:, None, :, None, None].expand(b, 1, f, *x.shape[-2:])
+        inp = torch.cat([cond * mask, mask], dim=1)
+        return rearrange(inp, "b c f h w -> (b f) c h w")
+
+    # ---------------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write `config.json` and `diffusion_pytorch_model.safetensors` into folder `path` (atomically)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        cfg = {"_class_name": "VidiffUNet", **asdict(self.config)}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic(path / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        _atomic(path / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2) + "\n"))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "UNet":
+        """Load a folder written by `save_pretrained` (or a model folder holding `unet/`)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if (path / "unet" / CONFIG_NAME).exists():
+            path = path / "unet"
+        if not (path / CONFIG_NAME).exists() or not (path / WEIGHTS_NAME).exists():
+            raise FileNotFoundError(f"{path} is not a vidiff UNet folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raw = json.loads((path / CONFIG_NAME).read_text())
+        if raw.get("_class_name") not in (None, "VidiffUNet"):
+            raise ValueError(f"{path} holds a {raw['_class_name']}, not a vidiff UNet; "
+                             "convert it with vidiff.inflate() or `vidiff inflate`")
+        model = cls(UNetConfig.from_dict({**raw, **overrides}))
+        model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+        return model
+
+
+def is_temporal_key(name: str) -> bool:
+    """True for parameters that the image UNet does not have (temporal layers, frame-cond input)."""
+    return ".temp_convs." in name or ".temp_attentions." in name or name.startswith("frame_cond_in.")
+
+
+def _atomic(dest: Path, write) -> None:
+    """Write through a temp file in the same folder, then rename over `dest`."""
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
