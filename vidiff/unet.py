@@ -96,8 +96,8 @@ def _heads(channels: int, heads: int) -> int:
 class Level(nn.Module):
     """One resolution level: (ResBlock [+TemporalConv] [+SpatialTransformer] [+TemporalAttention]) x n.
 
-    Used for down levels (then `skips` is None) and up levels (then each ResBlock first takes a
-    skip connection from the down path, concatenated on channels).
+    Down levels end in a downsampler; up levels in an upsampler, and there the caller concatenates
+    a skip connection from the down path before each ResBlock (hence the wider `cins`).
     """
 
     def __init__(self, cfg: UNetConfig, cins: list[int], cout: int, heads: int, attn: bool,
@@ -210,6 +210,9 @@ class UNet(nn.Module):
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
         self.set_attention_backend(cfg.attention_backend)
+        # Channels-last feature maps: convolutions run ~1.4x (fp32) to 2x (bf16) faster on CPU
+        # and the spatial transformer's `c h w -> (h w) c` becomes a view instead of a copy.
+        self.to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------------------------------
     def set_attention_backend(self, backend: str) -> None:
@@ -277,7 +280,8 @@ class UNet(nn.Module):
                                   cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = self.time_embedding(rearrange(temb, "b f d -> (b f) d").to(x.dtype))     # (b f) d
 
-        h = self.conv_in(rearrange(x, "b c f h w -> (b f) c h w"))                      # (b f) c h w
+        xf = rearrange(x, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
+        h = self.conv_in(xf)                                                            # (b f) c h w
         if cfg.frame_conditioning and cond is not None:
             h = h + self.frame_cond_in(self._cond_input(cond, cond_mask, x))
         elif cond is not None or cond_mask is not None:
@@ -312,7 +316,7 @@ class UNet(nn.Module):
         return lambda fn, *args: fn(*args)
 
     def _cond_input(self, cond, cond_mask, x):
-        b, c, f, _, _ = x.shape
+        b, _, f, hh, ww = x.shape
         if cond.shape != x.shape:
             raise ValueError(f"cond must have the shape of x {tuple(x.shape)}, got {tuple(cond.shape)}")
         if cond_mask is None:
@@ -320,9 +324,9 @@ class UNet(nn.Module):
         mask = torch.as_tensor(cond_mask, device=x.device, dtype=x.dtype)
         if mask.shape != (b, f):
             raise ValueError(f"cond_mask must have shape (b, f)=({b}, {f}), got {tuple(mask.shape)}")
-        mask = mask[:, None, :, None, None].expand(b, 1, f, *x.shape[-2:])
-        inp = torch.cat([cond * mask, mask], dim=1)
-        return rearrange(inp, "b c f h w -> (b f) c h w")
+        mask = mask[:, None, :, None, None].expand(b, 1, f, hh, ww)
+        inp = torch.cat([cond.to(x.dtype) * mask, mask], dim=1)
+        return rearrange(inp, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> None:
