@@ -1,0 +1,234 @@
+"""Video files in and out. Frames at this edge are numpy `f h w 3` uint8.
+
+Writes are atomic (temp file in the target folder, then rename): a failed or interrupted write
+leaves nothing behind. MP4 is H.264 yuv420p. yuv420p needs even sizes and imageio-ffmpeg would
+silently resize to multiples of 16 (or write an empty file for odd sizes with
+`macro_block_size=1`), so odd sizes are padded by one edge pixel, on purpose and with a warning,
+and the written file is checked to be non-empty.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+WRITE_FORMATS = ".mp4, .gif, .png (one frame) or a folder (PNG frames)"
+
+
+def as_frames(video) -> np.ndarray:
+    """Coerce frames to `f h w 3` uint8 (accepts `h w 3`, grayscale, or a `.frames` object)."""
+    frames = getattr(video, "frames", video)
+    frames = np.asarray(frames)
+    if frames.ndim == 3 and frames.shape[-1] in (1, 3, 4):
+        frames = frames[None]
+    if frames.ndim == 3:
+        frames = frames[..., None]
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"frames must be f h w 3 (or h w 3), got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8, got {frames.dtype}")
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    return np.ascontiguousarray(frames[..., :3])
+
+
+def output_kind(path: str | os.PathLike) -> str:
+    """'mp4', 'gif', 'png' or 'folder' from the path's suffix; ValueError for anything else."""
+    p = str(path)
+    suffix = Path(p).suffix.lower()
+    if suffix == ".mp4":
+        return "mp4"
+    if suffix == ".gif":
+        return "gif"
+    if suffix == ".png":
+        return "png"
+    if suffix == "" or p.endswith(os.sep):
+        return "folder"
+    raise ValueError(f"output {p!r}: unknown suffix {suffix!r}; allowed: {WRITE_FORMATS}")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise ValueError unless `path`'s folder exists and is writable (before any long work)."""
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise ValueError(f"output folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"output folder {str(parent)!r} is not writable")
+
+
+def write_video(video, path: str | os.PathLike, fps: float = 8.0, quality: int = 18) -> Path:
+    """Write frames to `path`; the suffix picks MP4, GIF, PNG (one frame) or a PNG-frame folder."""
+    frames, path = as_frames(video), Path(path)
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    kind = output_kind(path)
+    if kind == "png" and len(frames) != 1:
+        raise ValueError(f"{path}: a .png holds one frame, got {len(frames)}; use .mp4, .gif or a folder")
+    check_writable(path)
+    if kind == "folder":
+        return _write_folder(frames, path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        {"mp4": _write_mp4, "gif": _write_gif, "png": _write_png}[kind](frames, tmp, fps, quality)
+        if not tmp.exists() or tmp.stat().st_size == 0:
+            raise RuntimeError(f"the encoder wrote an empty file for {path}")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def even_size(frames: np.ndarray) -> np.ndarray:
+    """Pad odd heights/widths by one replicated edge pixel (yuv420p needs even sizes)."""
+    _, h, w, _ = frames.shape
+    ph, pw = h % 2, w % 2
+    if ph or pw:
+        warnings.warn(f"MP4 (yuv420p) needs even sizes: padded {w}x{h} to {w + pw}x{h + ph} by edge replication")
+        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+    return frames
+
+
+def _write_mp4(frames: np.ndarray, path: Path, fps: float, quality: int) -> None:
+    import imageio_ffmpeg
+
+    frames = even_size(frames)
+    _, h, w, _ = frames.shape
+    # macro_block_size=1: never resize. -crf sets quality; yuv420p for every player.
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+        macro_block_size=1, quality=None, output_params=["-crf", str(quality), "-preset", "medium"],
+        ffmpeg_log_level="error")
+    writer.send(None)
+    try:
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+    finally:
+        writer.close()
+
+
+def _write_gif(frames: np.ndarray, path: Path, fps: float, quality: int) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
+                   duration=max(1, round(1000 / fps)), loop=0)
+
+
+def _write_png(frames: np.ndarray, path: Path, fps: float, quality: int) -> None:
+    from PIL import Image
+
+    Image.fromarray(frames[0]).save(path, format="PNG")
+
+
+def _write_folder(frames: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"output folder {str(path)!r} exists and is not empty")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+    try:
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame).save(tmp / f"frame_{i:05d}.png")
+        if path.exists():
+            path.rmdir()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def contact_sheet(video, path: str | os.PathLike, columns: int = 8, max_frames: int = 32,
+                  pad: int = 2) -> Path:
+    """Write a PNG grid of (up to `max_frames`, evenly spaced) frames of a video."""
+    frames = as_frames(video)
+    if len(frames) > max_frames:
+        frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
+    n, h, w, _ = frames.shape
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    sheet = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, frame in enumerate(frames):
+        r, c = divmod(i, cols)
+        sheet[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = frame
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"contact sheet path must end in .png, got {str(path)!r}")
+    return write_video(sheet[None], path)
+
+
+def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Read a video file, GIF, image or folder of frames -> (`f h w 3` uint8, fps)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{str(path)!r} does not exist")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"folder {str(path)!r} holds no image frames ({', '.join(IMAGE_SUFFIXES)})")
+        return np.stack([read_image(p) for p in files]), 8.0
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return read_image(path)[None], 8.0
+    if path.suffix.lower() == ".gif":
+        from PIL import Image, ImageSequence
+
+        with Image.open(path) as im:
+            frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
+            duration = im.info.get("duration", 125) or 125
+        return np.stack(frames), 1000.0 / duration
+    return _decode(path)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image as `h w 3` uint8; ValueError if it cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {str(path)!r}: {e}") from None
+
+
+def _decode(path: Path) -> tuple[np.ndarray, float]:
+    """Decode every frame with decord; PyAV when decord is missing or fails on the file.
+
+    decord 0.6 fails on some frame widths (e.g. 48: its row padding mismatches), so a decord
+    error is retried with PyAV before the file is called unreadable.
+    """
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot decode {str(path)!r}: empty file")
+    try:
+        import decord
+    except ImportError:
+        decord = None
+    if decord is not None:
+        try:
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+            frames = vr.get_batch(list(range(len(vr)))).asnumpy()
+            return frames, float(vr.get_avg_fps())
+        except Exception:  # decord raises its own DECORDError and RuntimeError types
+            pass
+    return _decode_av(path)
+
+
+def _decode_av(path: Path) -> tuple[np.ndarray, float]:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            fps = float(stream.average_rate or 8)
+    except (av.error.FFmpegError, IndexError, ValueError) as e:
+        raise ValueError(f"cannot decode {str(path)!r}: {str(e).splitlines()[0][:200]}") from None
+    if not frames:
+        raise ValueError(f"cannot decode {str(path)!r}: no frames")
+    return np.stack(frames), fps

@@ -1,0 +1,119 @@
+"""Samplers: plain functions over a denoiser `D(x, sigma) -> x0`, in the k-diffusion style.
+
+Every sampler has the signature `sample_x(denoise, x, sigmas, *, generator=None, callback=None)`
+where x is `b c f h w` at noise level sigmas[0] (x = x0 + sigma * eps) and `sigmas` is `(n+1,)`
+or per frame `(n+1, b, f)`. A frame whose sigma is 0 at both ends of a step is held fixed (it is a
+given, conditioning frame). `callback(i, x, denoised)` runs after each step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .schedule import per_frame
+
+
+def _levels(sigmas: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(n+1,) -> (n+1, b); (n+1, b, f) kept: the per-step level handed to the denoiser."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32, device=x.device)
+    if sigmas.ndim == 1:
+        return sigmas[:, None].expand(-1, x.shape[0])
+    if sigmas.ndim == 3 and sigmas.shape[1:] == (x.shape[0], x.shape[2]):
+        return sigmas
+    raise ValueError(f"sigmas must be (steps+1,) or (steps+1, b, f)=(*, {x.shape[0]}, {x.shape[2]}), "
+                     f"got {tuple(sigmas.shape)}")
+
+
+def _hold(x: torch.Tensor, x_next: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:
+    """Keep frames whose level is 0 now and next (given frames) exactly as they are."""
+    if s.ndim < 2 or not bool((s == 0).any()):
+        return x_next
+    frozen = per_frame(((s == 0) & (s_next == 0)).float(), x) > 0
+    return torch.where(frozen, x, x_next)
+
+
+def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def _ancestral(denoise, x, sigmas, eta, generator, callback):
+    """Shared loop of DDIM (Song et al. 2021) and Euler ancestral: exact DDIM update in sigma space."""
+    levels = _levels(sigmas, x)
+    for i in range(len(levels) - 1):
+        s, s_next = levels[i], levels[i + 1]
+        denoised = denoise(x, s)
+        sb, nb = per_frame(s, x), per_frame(s_next, x)
+        # eta-scaled ancestral noise: eta=0 is deterministic DDIM, eta=1 is DDPM-like.
+        up = (eta * nb * (sb ** 2 - nb ** 2).clamp(min=0).sqrt() / sb.clamp(min=1e-12)).clamp(max=nb) if eta else 0 * nb
+        down = (nb ** 2 - up ** 2).clamp(min=0).sqrt()
+        eps = (x - denoised) / sb.clamp(min=1e-12)
+        x_next = denoised + down * eps
+        if eta:
+            x_next = x_next + up * _randn(x, generator)
+        x = _hold(x, x_next, s, s_next)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+def sample_ddim(denoise, x, sigmas, *, eta: float = 0.0, generator=None, callback=None):
+    """DDIM (Song et al. 2021), with eta for stochasticity."""
+    return _ancestral(denoise, x, sigmas, eta, generator, callback)
+
+
+def sample_euler(denoise, x, sigmas, *, generator=None, callback=None):
+    """Euler method on the probability-flow ODE (Karras et al. 2022, Alg. 1 without churn)."""
+    levels = _levels(sigmas, x)
+    for i in range(len(levels) - 1):
+        s, s_next = levels[i], levels[i + 1]
+        denoised = denoise(x, s)
+        sb = per_frame(s, x)
+        d = (x - denoised) / sb.clamp(min=1e-12)
+        x = _hold(x, x + d * (per_frame(s_next, x) - sb), s, s_next)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+def sample_euler_ancestral(denoise, x, sigmas, *, eta: float = 1.0, generator=None, callback=None):
+    """Euler ancestral (k-diffusion; diffusers EulerAncestralDiscreteScheduler)."""
+    return _ancestral(denoise, x, sigmas, eta, generator, callback)
+
+
+def sample_dpmpp_2m(denoise, x, sigmas, *, generator=None, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022), first order on the first and the last step."""
+    levels = _levels(sigmas, x)
+    old = h_last = None
+    for i in range(len(levels) - 1):
+        s, s_next = levels[i], levels[i + 1]
+        denoised = denoise(x, s)
+        sb, nb = per_frame(s, x), per_frame(s_next, x)
+        lam = -sb.clamp(min=1e-12).log()
+        lam_next = -nb.clamp(min=1e-12).log()
+        h = lam_next - lam
+        if old is None or bool((s_next == 0).all()):
+            d = denoised
+        else:
+            r = h_last / h
+            d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
+        x_next = (nb / sb.clamp(min=1e-12)) * x - torch.expm1(-h) * d
+        x = _hold(x, x_next, s, s_next)
+        old, h_last = denoised, h
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+SAMPLERS = {
+    "ddim": sample_ddim,
+    "euler": sample_euler,
+    "euler_ancestral": sample_euler_ancestral,
+    "dpmpp_2m": sample_dpmpp_2m,
+}
+
+
+def get_sampler(name: str):
+    """Look a sampler up by name; ValueError naming the allowed ones."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]

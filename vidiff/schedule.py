@@ -1,0 +1,168 @@
+"""Noise schedules, prediction types and training targets (DDPM family, diffusers-compatible).
+
+Training works in the variance-preserving form x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps with
+a_t = alphas_cumprod[t]. Sampling works in the k-diffusion form x = x0 + sigma * eps with
+sigma = sqrt((1 - a_t) / a_t); `Denoiser` turns a model into the function `x0 = D(x, sigma)` that
+every sampler takes. Timesteps and sigmas may be per sample `(b,)` or per frame `(b, f)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+SPACINGS = ("leading", "linspace", "trailing")
+
+
+def per_frame(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast a level of shape `()`, `(b,)` or `(b, f)` against a video `b c f h w`."""
+    s = torch.as_tensor(s, device=x.device, dtype=x.dtype)
+    if s.ndim == 0:
+        return s
+    if s.ndim == 1:
+        return s.view(-1, 1, 1, 1, 1)
+    if s.ndim == 2:
+        return s[:, None, :, None, None]
+    raise ValueError(f"noise level must have shape (), (b,) or (b, f), got {tuple(s.shape)}")
+
+
+@dataclass
+class NoiseSchedule:
+    """A DDPM noise schedule; fields are diffusers' `scheduler_config.json` keys."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"      # linear | scaled_linear | squaredcos_cap_v2
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction_type: str = "epsilon"          # epsilon | v_prediction
+    timestep_spacing: str = "trailing"        # leading | linspace | trailing (sampling grid)
+    steps_offset: int = 0                     # added to "leading" timesteps (SD configs use 1)
+    set_alpha_to_one: bool = True             # DDIM: the last step lands on sigma=0
+
+    def __post_init__(self):
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.timestep_spacing not in SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {self.timestep_spacing!r}")
+        if self.num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
+        T = self.num_train_timesteps
+        if self.beta_schedule == "linear":
+            betas = torch.linspace(self.beta_start, self.beta_end, T, dtype=torch.float64)
+        elif self.beta_schedule == "scaled_linear":
+            betas = torch.linspace(self.beta_start ** 0.5, self.beta_end ** 0.5, T, dtype=torch.float64) ** 2
+        else:  # Nichol & Dhariwal 2021 cosine, betas capped at 0.999
+            abar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+            betas = torch.tensor([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)],
+                                 dtype=torch.float64)
+        self.alphas_cumprod = torch.cumprod(1 - betas, 0)                      # (T,) float64
+        self.sigmas_table = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+
+    # ---- config -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, d: dict) -> "NoiseSchedule":
+        """Build from a diffusers scheduler config dict (other schedulers' extra keys are ignored)."""
+        if d.get("rescale_betas_zero_snr"):
+            raise ValueError("rescale_betas_zero_snr=True is not supported")
+        if d.get("trained_betas") is not None:
+            raise ValueError("trained_betas are not supported; use a beta_schedule")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_config(self) -> dict:
+        """The diffusers-compatible config dict."""
+        return {"_class_name": "DDIMScheduler", **asdict(self)}
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "NoiseSchedule":
+        """Read `scheduler_config.json` from a scheduler folder or a model folder holding `scheduler/`."""
+        path = Path(path)
+        for p in (path, path / "scheduler_config.json", path / "scheduler" / "scheduler_config.json"):
+            if p.is_file():
+                return cls.from_config(json.loads(p.read_text()))
+        raise FileNotFoundError(f"no scheduler_config.json in {path}")
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write `scheduler_config.json` into folder `path`."""
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "scheduler_config.json").write_text(json.dumps(self.to_config(), indent=2) + "\n")
+
+    # ---- training ---------------------------------------------------------------------------
+    def _ac(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ac = self.alphas_cumprod.to(x.device)[torch.as_tensor(t, device=x.device).long()]
+        return per_frame(ac.to(x.dtype), x)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise, with integer t of shape (b,) or (b, f)."""
+        ac = self._ac(t, x0)
+        return ac.sqrt() * x0 + (1 - ac).sqrt() * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the model should output: noise (epsilon) or v = sqrt(a) noise - sqrt(1-a) x0."""
+        if self.prediction_type == "epsilon":
+            return noise
+        ac = self._ac(t, x0)
+        return ac.sqrt() * noise - (1 - ac).sqrt() * x0
+
+    # ---- sampling grid ----------------------------------------------------------------------
+    def timesteps(self, n: int) -> torch.Tensor:
+        """`n` sampling timesteps (float, descending) by `timestep_spacing`, as diffusers lays them."""
+        if n < 1:
+            raise ValueError(f"number of steps must be >= 1, got {n}")
+        T = self.num_train_timesteps
+        if n > T:
+            raise ValueError(f"number of steps {n} exceeds num_train_timesteps={T}")
+        if self.timestep_spacing == "leading":
+            ts = torch.arange(n, dtype=torch.float64).mul(T // n).round() + self.steps_offset
+            return ts.flip(0)
+        if self.timestep_spacing == "trailing":
+            return (torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1)[:n]
+        return torch.linspace(0, T - 1, n, dtype=torch.float64).flip(0)
+
+    def sigma_at(self, t: torch.Tensor) -> torch.Tensor:
+        """sigma at (fractional) timesteps, linear in between table entries as diffusers' Euler does."""
+        t = torch.as_tensor(t, dtype=torch.float64).clamp(0, self.num_train_timesteps - 1)
+        lo = t.floor().long()
+        hi = (lo + 1).clamp(max=self.num_train_timesteps - 1)
+        w = t - lo
+        return (1 - w) * self.sigmas_table[lo] + w * self.sigmas_table[hi]
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Inverse of `sigma_at`: the (fractional) timestep of each sigma; 0 below the table."""
+        table = self.sigmas_table.to(sigma.device)
+        s = sigma.double().clamp(table[0], table[-1])
+        hi = torch.searchsorted(table, s).clamp(1, len(table) - 1)
+        lo = hi - 1
+        t = lo + (s - table[lo]) / (table[hi] - table[lo])
+        return t.float()
+
+    def sigmas(self, n: int, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        """The `n + 1` sigmas a sampler walks: one per timestep, then the final level."""
+        ts = self.timesteps(n) if timesteps is None else torch.as_tensor(timesteps, dtype=torch.float64)
+        final = 0.0 if self.set_alpha_to_one else float(self.sigmas_table[0])
+        return torch.cat([self.sigma_at(ts), torch.tensor([final], dtype=torch.float64)]).float()
+
+
+class Denoiser:
+    """Wrap `model(x_t, t) -> prediction` (VP input) as `D(x, sigma) -> x0` (VE input) for samplers."""
+
+    def __init__(self, model, schedule: NoiseSchedule):
+        self.model, self.schedule = model, schedule
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x0 estimate for x = x0 + sigma * eps; sigma `(b,)` or `(b, f)`."""
+        s = per_frame(sigma, x)
+        a = 1 / (1 + s ** 2).sqrt()                      # sqrt(alpha_cumprod)
+        out = self.model(x * a, self.schedule.sigma_to_t(sigma))
+        if self.schedule.prediction_type == "epsilon":
+            return x - s * out
+        return a * (x * a) - (s * a) * out               # sqrt(a) x_t - sqrt(1-a) v
