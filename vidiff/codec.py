@@ -1,0 +1,99 @@
+"""Codecs between pixels `b 3 f h w` in [-1, 1] and the space the UNet works in.
+
+`PixelCodec` is the identity, optionally folding r x r pixel blocks into channels (pixel-unshuffle),
+so a 64x64 video is a 12-channel 32x32 one inside. `VaeCodec` wraps diffusers' AutoencoderKL
+(extra `[sd]`) and runs frame chunks to bound memory on long videos.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+
+class PixelCodec:
+    """Identity codec with optional pixel-unshuffle by `factor`."""
+
+    kind = "pixel"
+
+    def __init__(self, factor: int = 1):
+        if factor < 1:
+            raise ValueError(f"pixel codec factor must be >= 1, got {factor}")
+        self.factor = factor
+        self.channels = 3 * factor * factor
+
+    def config(self) -> dict:
+        """What model_index.json stores."""
+        return {"type": "pixel", "factor": self.factor}
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """`b 3 f h w` -> `b (3 r r) f h/r w/r`."""
+        if self.factor == 1:
+            return video
+        b = video.shape[0]
+        x = F.pixel_unshuffle(rearrange(video, "b c f h w -> (b f) c h w"), self.factor)
+        return rearrange(x, "(b f) c h w -> b c f h w", b=b)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of `encode`."""
+        if self.factor == 1:
+            return latents
+        b = latents.shape[0]
+        x = F.pixel_shuffle(rearrange(latents, "b c f h w -> (b f) c h w"), self.factor)
+        return rearrange(x, "(b f) c h w -> b c f h w", b=b)
+
+    def to(self, device=None, dtype=None) -> "PixelCodec":
+        """Nothing to move."""
+        return self
+
+
+class VaeCodec:
+    """diffusers AutoencoderKL, run on `chunk` frames at a time."""
+
+    kind = "vae"
+
+    def __init__(self, vae, chunk: int = 8):
+        self.vae, self.chunk = vae.eval(), chunk
+        self.scaling = float(vae.config.scaling_factor)
+        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.channels = vae.config.latent_channels
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, chunk: int = 8) -> "VaeCodec":
+        """Load `vae/` (safetensors only) with diffusers."""
+        try:
+            from diffusers import AutoencoderKL
+        except ImportError:
+            raise ValueError("this model has a VAE: install the [sd] extra (pip install 'vidiff[sd]')") from None
+        return cls(AutoencoderKL.from_pretrained(Path(path), local_files_only=True, use_safetensors=True), chunk)
+
+    def config(self) -> dict:
+        """What model_index.json stores."""
+        return {"type": "vae", "chunk": self.chunk}
+
+    def _frames(self, fn, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        flat = rearrange(x, "b c f h w -> (b f) c h w")
+        out = torch.cat([fn(flat[i:i + self.chunk]) for i in range(0, len(flat), self.chunk)])
+        return rearrange(out, "(b f) c h w -> b c f h w", b=b)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Pixels -> scaled latent means."""
+        dtype = next(self.vae.parameters()).dtype
+        return self._frames(lambda v: self.vae.encode(v.to(dtype)).latent_dist.mean * self.scaling, video)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> pixels, `chunk` frames at a time."""
+        dtype = next(self.vae.parameters()).dtype
+        return self._frames(lambda z: self.vae.decode((z / self.scaling).to(dtype)).sample.float(), latents)
+
+    def to(self, device=None, dtype=None) -> "VaeCodec":
+        """Move the VAE."""
+        self.vae.to(device=device, dtype=dtype)
+        return self

@@ -1,0 +1,316 @@
+"""VideoPipeline: text-to-video, image-to-video, continuation, interpolation and images.
+
+All modes are one sampling routine over a window of frames, some of which may be given:
+- a UNet with frame conditioning gets the given frames as `[cond * mask, mask]` inputs and
+  holds them at noise level 0 (per-frame noise levels);
+- any other UNet uses the training-free replacement method: given frames are re-noised to the
+  current level before each model call and their x0 estimate is the given frame.
+Autoregressive mode slides such a window over the video: `chunk` frames at a time, the first
+`context` of each window taken from what was made so far. Peak memory is that of one window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from .codec import PixelCodec, VaeCodec
+from .io import as_frames, read_image, read_video, write_video
+from .samplers import get_sampler
+from .schedule import Denoiser, NoiseSchedule, per_frame
+from .text import TextEncoder
+from .unet import UNet
+
+MODES = ("all", "autoregressive")
+
+
+@dataclass
+class Video:
+    """Generated frames (`f h w 3` uint8) and their frame rate."""
+
+    frames: np.ndarray
+    fps: float = 8.0
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write MP4 / GIF / PNG / frame folder by suffix (atomically)."""
+        return write_video(self.frames, path, fps=self.fps)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """`f h w 3` uint8 -> `1 3 f h w` float in [-1, 1]."""
+    x = torch.from_numpy(as_frames(frames)).float() / 127.5 - 1
+    return rearrange(x, "f h w c -> 1 c f h w")
+
+
+def to_frames(video: torch.Tensor) -> np.ndarray:
+    """`1 3 f h w` in [-1, 1] -> `f h w 3` uint8."""
+    x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(x, "c f h w -> f h w c").cpu().numpy()
+
+
+def load_frames(source) -> np.ndarray:
+    """An image or video given as path, PIL image, numpy array or Video -> `f h w 3` uint8."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_video(source)[0]
+    if hasattr(source, "convert") and hasattr(source, "size"):      # PIL image
+        return np.asarray(source.convert("RGB"))[None]
+    return as_frames(source)
+
+
+class VideoPipeline:
+    """UNet + text encoder + noise schedule + codec, with the generation modes as methods."""
+
+    def __init__(self, unet: UNet, text_encoder: TextEncoder, schedule: NoiseSchedule, codec=None,
+                 defaults: dict | None = None):
+        self.unet, self.text_encoder, self.schedule = unet.eval(), text_encoder, schedule
+        self.codec = codec or PixelCodec(1)
+        if self.codec.channels != unet.config.in_channels:
+            raise ValueError(f"codec gives {self.codec.channels} channels, the UNet takes {unet.config.in_channels}")
+        self.defaults = {"height": 64, "width": 64, "num_frames": 16, "fps": 8, **(defaults or {})}
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+
+    # ---- folders -----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", dtype=torch.float32) -> "VideoPipeline":
+        """Load a diffusers-layout model folder; nothing is fetched from a hub."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
+        index_file = path / "model_index.json"
+        if not index_file.exists():
+            raise FileNotFoundError(f"{str(path)!r} is not a model folder (no model_index.json)")
+        index = json.loads(index_file.read_text())
+        vidiff = index.get("vidiff", {})
+        unet = UNet.from_pretrained(path / "unet")
+        text = TextEncoder.from_pretrained(path)
+        schedule = NoiseSchedule.from_pretrained(path / "scheduler")
+        codec_cfg = vidiff.get("codec", {"type": "vae"} if (path / "vae").is_dir() else {"type": "pixel"})
+        if codec_cfg["type"] == "vae":
+            codec = VaeCodec.from_pretrained(path / "vae", codec_cfg.get("chunk", 8))
+        else:
+            codec = PixelCodec(codec_cfg.get("factor", 1))
+        return cls(unet, text, schedule, codec, vidiff.get("defaults")).to(device, dtype)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the model folder (`model_index.json`, `unet/`, `text_encoder/`, `tokenizer/`, `scheduler/`)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(path / "unet")
+        self.text_encoder.save_pretrained(path)
+        self.schedule.save_pretrained(path / "scheduler")
+        if isinstance(self.codec, VaeCodec):
+            self.codec.vae.save_pretrained(path / "vae", safe_serialization=True)
+        index = {"_class_name": "VidiffPipeline", "unet": ["vidiff", "UNet"],
+                 "text_encoder": ["transformers", "CLIPTextModel"],
+                 "tokenizer": ["transformers", type(self.text_encoder.tokenizer).__name__],
+                 "scheduler": ["diffusers", "DDIMScheduler"],
+                 "vidiff": {"codec": self.codec.config(), "defaults": self.defaults}}
+        (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    def to(self, device=None, dtype=None) -> "VideoPipeline":
+        """Move UNet, text encoder and codec; dtype applies to the UNet (bfloat16 is fast on CPU)."""
+        self.device = torch.device(device or self.device)
+        self.dtype = dtype or self.dtype
+        self.unet.to(device=self.device, dtype=self.dtype)
+        self.text_encoder.to(device=self.device)
+        self.codec.to(device=self.device)
+        return self
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this."""
+        return self.codec.factor * self.unet.config.downsample_factor
+
+    # ---- checks ------------------------------------------------------------------------------
+    def check_args(self, num_frames=None, height=None, width=None, num_inference_steps=25, sampler="ddim",
+                   mode="all", chunk=16, context=4, guidance_scale=7.5, fps=8) -> tuple[int, int, int]:
+        """Validate generation arguments before any work; returns (frames, height, width)."""
+        f = self.defaults["num_frames"] if num_frames is None else num_frames
+        h = self.defaults["height"] if height is None else height
+        w = self.defaults["width"] if width is None else width
+        if not isinstance(f, int) or f < 1:
+            raise ValueError(f"num_frames must be an integer >= 1, got {f!r}")
+        m = self.size_multiple
+        for name, v in (("height", h), ("width", w)):
+            if not isinstance(v, int) or v < m or v % m:
+                raise ValueError(f"{name} must be a positive multiple of {m} for this model, got {v!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        self.schedule.timesteps(num_inference_steps)
+        get_sampler(sampler)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "autoregressive" and not (1 <= context < chunk):
+            raise ValueError(f"autoregressive mode needs 1 <= context < chunk, got context={context}, chunk={chunk}")
+        g = torch.as_tensor(guidance_scale, dtype=torch.float32)
+        if g.ndim > 1 or (g.ndim == 1 and len(g) != 2) or not torch.isfinite(g).all():
+            raise ValueError(f"guidance_scale must be a number or a (first_frame, last_frame) pair, got {guidance_scale!r}")
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps!r}")
+        return f, h, w
+
+    # ---- generation --------------------------------------------------------------------------
+    def __call__(self, prompt: str = "", negative_prompt: str | None = None, num_frames: int | None = None,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int = 25,
+                 guidance_scale=7.5, sampler: str = "ddim", eta: float = 0.0, seed: int | None = None,
+                 generator: torch.Generator | None = None, mode: str = "all", chunk: int = 16, context: int = 4,
+                 fps: float | None = None, given: dict | None = None, progress: bool = True) -> Video:
+        """Generate a video (or an image when num_frames=1). `given` maps frame index -> image."""
+        fps = fps or self.defaults["fps"]
+        f, h, w = self.check_args(num_frames, height, width, num_inference_steps, sampler, mode, chunk,
+                                  context, guidance_scale, fps)
+        g = generator or torch.Generator(device="cpu").manual_seed(
+            int(torch.randint(0, 2 ** 31, ()).item()) if seed is None else seed)
+        known = self._encode_given(given or {}, f, h, w)
+        ctx = self._text(prompt, negative_prompt, guidance_scale)
+        run = dict(ctx=ctx, steps=num_inference_steps, guidance=guidance_scale, sampler=sampler, eta=eta,
+                   generator=g, progress=progress)
+        shape = (1, self.codec.channels, f, h // self.codec.factor, w // self.codec.factor)
+        if mode == "all" or chunk >= f:
+            latents = self._window(shape, known, **run)
+        else:
+            latents = self._autoregressive(shape, known, chunk, context, **run)
+        return Video(self._decode(latents), fps)
+
+    def animate(self, image, prompt: str = "", **kwargs) -> Video:
+        """Image-to-video: frame 0 is `image` (path, PIL, numpy `h w 3` uint8)."""
+        frame = load_frames(image)[0] if not isinstance(image, (str, os.PathLike)) else read_image(image)
+        h, w = frame.shape[:2]
+        kwargs.setdefault("height", h)
+        kwargs.setdefault("width", w)
+        return self(prompt, given={0: frame}, **kwargs)
+
+    def interpolate(self, first, last, prompt: str = "", num_frames: int | None = None, **kwargs) -> Video:
+        """Frames between `first` and `last` (both kept)."""
+        a, b = load_frames(first)[-1], load_frames(last)[0]
+        f = num_frames or self.defaults["num_frames"]
+        kwargs.setdefault("height", a.shape[0])
+        kwargs.setdefault("width", a.shape[1])
+        return self(prompt, num_frames=f, given={0: a, f - 1: b}, **kwargs)
+
+    def extend(self, video, prompt: str = "", num_frames: int = 16, context: int = 4, chunk: int = 16,
+               **kwargs) -> Video:
+        """Continue `video` by `num_frames` new frames, autoregressively; returns the whole video."""
+        frames = load_frames(video)
+        fps = kwargs.pop("fps", None) or getattr(video, "fps", None) or self.defaults["fps"]
+        context = min(context, len(frames))
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        total = len(frames) + num_frames
+        h, w = frames.shape[1:3]
+        # The whole clip is "given" up front; only the window covering new frames is sampled.
+        given = {i: fr for i, fr in enumerate(frames)}
+        out = self(prompt, num_frames=total, height=h, width=w, given=given, mode="autoregressive",
+                   chunk=max(chunk, context + 1), context=context, fps=fps, **kwargs)
+        out.frames[:len(frames)] = frames
+        return out
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _text(self, prompt, negative_prompt, guidance_scale):
+        cfg = bool(torch.as_tensor(guidance_scale, dtype=torch.float32).ne(1).any())
+        prompts = ([negative_prompt or ""] if cfg else []) + [prompt]
+        return self.text_encoder(prompts).to(self.device, self.dtype)
+
+    def _encode_given(self, given: dict, f: int, h: int, w: int):
+        if not given:
+            return None
+        r = self.codec.factor
+        lat = torch.zeros(1, self.codec.channels, f, h // r, w // r, device=self.device)
+        mask = torch.zeros(1, f, device=self.device)
+        for i, img in given.items():
+            img = as_frames(img)[0]
+            if not 0 <= i < f:
+                raise ValueError(f"given frame index {i} is outside 0..{f - 1}")
+            if img.shape[:2] != (h, w):
+                raise ValueError(f"given frame {i} is {img.shape[1]}x{img.shape[0]}, the video is {w}x{h}")
+            lat[:, :, i:i + 1] = self.codec.encode(to_tensor(img[None]).to(self.device))
+            mask[:, i] = 1
+        return lat, mask
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        parts = [self.codec.decode(latents[:, :, i:i + 16].float()) for i in range(0, latents.shape[2], 16)]
+        return to_frames(torch.cat(parts, dim=2))
+
+    def _window(self, shape, known, ctx, steps, guidance, sampler, eta, generator, progress, offset=0):
+        """Sample one window of frames, some possibly given (`known` = (latents, mask) or None)."""
+        from tqdm.auto import tqdm
+
+        b, _, f = shape[:3]
+        noise = torch.randn(shape, generator=generator).to(self.device)
+        sigmas = self.schedule.sigmas(steps).to(self.device)
+        x = noise * (1 + sigmas[0] ** 2).sqrt()
+        cfg = ctx.shape[0] == 2
+        gscale = torch.as_tensor(guidance, dtype=torch.float32, device=self.device)
+        if gscale.ndim == 1:   # ramp over the frames of the whole video, first to last
+            gscale = gscale[0] + (gscale[1] - gscale[0]) * torch.linspace(0, 1, max(f, 2), device=self.device)[:f]
+        framecond = known is not None and self.unet.config.frame_conditioning
+        if framecond:
+            lat, mask = known
+            frozen = mask.bool()
+            sigmas = sigmas[:, None, None].expand(-1, b, f).clone()
+            sigmas[:, frozen] = 0                         # given frames sit at level 0 throughout
+            x = torch.where(per_frame(mask, x) > 0, lat, x)
+
+        def model(x_t, t):
+            n = 2 if cfg else 1
+            kw = {}
+            if framecond:
+                kw = dict(cond=lat.repeat(n, 1, 1, 1, 1).to(self.dtype), cond_mask=mask.repeat(n, 1))
+            t = t.repeat(n, *([1] * (t.ndim - 1)))
+            out = self.unet(x_t.repeat(n, 1, 1, 1, 1).to(self.dtype), t, ctx, **kw).float()
+            if not cfg:
+                return out
+            uncond, cond = out.chunk(2)
+            return uncond + per_frame(gscale, uncond) * (cond - uncond)
+
+        denoise = Denoiser(model, self.schedule)
+        if known is not None and not framecond:
+            lat, mask = known
+            replace = per_frame(mask, x) > 0
+            fixed = torch.randn(shape, generator=generator).to(self.device)
+
+            def denoise(x, sigma, _d=denoise):       # replacement: given frames re-noised to sigma
+                x = torch.where(replace, lat + per_frame(sigma, x) * fixed, x)
+                return torch.where(replace, lat, _d(x, sigma))
+
+        bar = tqdm(total=steps, desc=f"frames {offset}-{offset + f - 1}", disable=not progress, leave=False)
+        with torch.no_grad():
+            x = get_sampler(sampler)(denoise, x, sigmas, generator=generator,
+                                     callback=lambda *a: bar.update(1),
+                                     **({"eta": eta} if sampler in ("ddim", "euler_ancestral") and eta else {}))
+        bar.close()
+        if known is not None:
+            x = torch.where(per_frame(known[1], x) > 0, known[0], x)
+        return x
+
+    def _autoregressive(self, shape, known, chunk, context, **run):
+        """Slide a `chunk`-frame window: each new window's first `context` frames are given."""
+        b, c, f, hh, ww = shape
+        out = torch.zeros(shape, device=self.device)
+        done = torch.zeros(f, dtype=torch.bool)
+        if known is not None:
+            out = torch.where(per_frame(known[1], out) > 0, known[0], out)
+            done = known[1][0].bool().cpu()
+        # first window starts at the first frame still to make, backed up to give it context
+        start = int(torch.nonzero(~done)[0]) if (~done).any() else f
+        start = max(0, start - context) if start > 0 else 0
+        while start < f and not done[start:].all():
+            end = min(start + chunk, f)
+            win_mask = done[start:end].float()[None].to(self.device)
+            win_known = (out[:, :, start:end], win_mask) if win_mask.any() else None
+            window = self._window((b, c, end - start, hh, ww), win_known, offset=start, **run)
+            out[:, :, start:end] = window
+            done[start:end] = True
+            if end == f:
+                break
+            start = end - context
+        return out

@@ -1,0 +1,66 @@
+"""Text encoder: a transformers CLIP text model + tokenizer read from a local folder, never a hub."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+
+class TextEncoder:
+    """Prompts -> `b n d` hidden states (the UNet's `encoder_hidden_states`)."""
+
+    def __init__(self, model, tokenizer, max_length: int | None = None):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_length = max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "TextEncoder":
+        """Load `text_encoder/` (safetensors) and `tokenizer/` from a model folder, offline."""
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        path = Path(path)
+        enc_dir, tok_dir = path / "text_encoder", path / "tokenizer"
+        for d in (enc_dir, tok_dir):
+            if not d.is_dir():
+                raise FileNotFoundError(f"model folder {str(path)!r} has no {d.name}/")
+        model = CLIPTextModel.from_pretrained(enc_dir, local_files_only=True, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        return cls(model, tokenizer)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write `text_encoder/` and `tokenizer/` into a model folder."""
+        self.model.save_pretrained(Path(path) / "text_encoder", safe_serialization=True)
+        self.tokenizer.save_pretrained(Path(path) / "tokenizer")
+
+    @property
+    def dim(self) -> int:
+        """Width of the hidden states."""
+        return self.model.config.hidden_size
+
+    def to(self, device=None, dtype=None) -> "TextEncoder":
+        """Move the model."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of `prompt` that the tokenizer maps to its unknown token."""
+        unk = self.tokenizer.unk_token_id
+        if unk is None:
+            return []
+        return [w for w in prompt.split() if unk in self.tokenizer(w, add_special_tokens=False)["input_ids"]]
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], warn_unknown: bool = True) -> torch.Tensor:
+        """Encode a list of prompts, padded to `max_length`."""
+        if warn_unknown:
+            for p in prompts:
+                unknown = self.unknown_words(p)
+                if unknown:
+                    warnings.warn(f"words outside the model's vocabulary are ignored: {', '.join(unknown)}")
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
+                             return_tensors="pt")["input_ids"]
+        device = next(self.model.parameters()).device
+        return self.model(ids.to(device))[0]
