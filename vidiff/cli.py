@@ -9,6 +9,14 @@ import argparse
 import sys
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        """Print `prog: error: message` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 class UsageError(Exception):
     """A bad argument or input: reported as one line, exit status 2."""
 
@@ -34,10 +42,95 @@ def _inflate(args: argparse.Namespace) -> None:
     print(f"wrote {out}: space-time UNet, {n_all / 1e6:.2f}M parameters ({n_new / 1e6:.2f}M new temporal)")
 
 
+def _generate(args: argparse.Namespace) -> None:
+    import os
+    import time
+    from pathlib import Path
+
+    from .io import check_writable, output_kind
+
+    out = Path(args.output)
+    output_kind(out)                                  # suffix first: cheap and common
+    if args.frames < 1:
+        raise UsageError(f"--frames must be >= 1, got {args.frames}")
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if output_kind(out) == "png" and args.frames != 1:
+        raise UsageError(f"-o {out}: a .png holds one frame; use --frames 1, or .mp4/.gif/a folder")
+    check_writable(out)
+    if out.exists() and output_kind(out) == "folder" and any(out.iterdir()):
+        raise UsageError(f"-o {out}: folder exists and is not empty")
+    if args.model is None:
+        raise UsageError("--model is required (a vidiff model folder; `python -m vidiff.testing DIR` makes a tiny random one)")
+    if not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model}: folder does not exist")
+    image = None
+    if args.image is not None:
+        from .io import read_image
+
+        if not os.path.isfile(args.image):
+            raise UsageError(f"--image {args.image}: file does not exist")
+        image = read_image(args.image)
+    import torch
+
+    from .pipeline import VideoPipeline
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available here; use --device cpu")
+    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
+    kwargs = dict(negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
+                  width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                  sampler=args.sampler, seed=args.seed, mode=args.mode, chunk=args.chunk,
+                  context=args.context, fps=args.fps)
+    if image is not None:
+        kwargs.setdefault("height", None)
+        kwargs["height"] = args.height or image.shape[0]
+        kwargs["width"] = args.width or image.shape[1]
+        pipe.check_args(args.frames, kwargs["height"], kwargs["width"], args.steps, args.sampler, args.mode,
+                        args.chunk, args.context, args.guidance, args.fps or 8)
+        if image.shape[:2] != (kwargs["height"], kwargs["width"]):
+            raise UsageError(f"--image is {image.shape[1]}x{image.shape[0]}; it must match "
+                             f"--width/--height {kwargs['width']}x{kwargs['height']}")
+        t0 = time.perf_counter()
+        video = pipe.animate(image, args.prompt, **{k: v for k, v in kwargs.items() if k not in ("height", "width")},
+                             height=kwargs["height"], width=kwargs["width"])
+    else:
+        pipe.check_args(args.frames, args.height, args.width, args.steps, args.sampler, args.mode, args.chunk,
+                        args.context, args.guidance, args.fps or 8)
+        t0 = time.perf_counter()
+        video = pipe(args.prompt, **kwargs)
+    seconds = time.perf_counter() - t0
+    video.save(out)
+    f, h, w, _ = video.frames.shape
+    print(f"wrote {out}: {f} frame{'s' * (f != 1)} {w}x{h} at {video.fps:g} fps in {seconds:.1f}s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    p = argparse.ArgumentParser(prog="vidiff", description="Image diffusion models extended to video.")
+    p = Parser(prog="vidiff", description="Image diffusion models extended to video.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="text-to-video (or image-to-video with --image)")
+    gen.add_argument("prompt", help="what the video shows")
+    gen.add_argument("-o", "--output", default="out.mp4", help="output: .mp4, .gif, .png (one frame) or a folder")
+    gen.add_argument("--model", default=None, help="model folder (diffusers layout)")
+    gen.add_argument("--frames", type=int, default=16, help="number of frames (1 = an image)")
+    gen.add_argument("--height", type=int, default=None, help="pixels; a multiple of the model's factor")
+    gen.add_argument("--width", type=int, default=None, help="pixels; a multiple of the model's factor")
+    gen.add_argument("--fps", type=float, default=None, help="frame rate of the output (default: the model's)")
+    gen.add_argument("--steps", type=int, default=25, help="sampling steps")
+    gen.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    gen.add_argument("--negative-prompt", default=None, help="what to steer away from")
+    gen.add_argument("--seed", type=int, default=None, help="random seed (same seed, same video)")
+    gen.add_argument("--sampler", default="ddim", choices=["ddim", "euler", "euler_ancestral", "dpmpp_2m"])
+    gen.add_argument("--mode", default="all", choices=["all", "autoregressive"])
+    gen.add_argument("--chunk", type=int, default=16, help="frames per window in autoregressive mode")
+    gen.add_argument("--context", type=int, default=4, help="frames carried into each new window")
+    gen.add_argument("--image", default=None, help="first frame (image-to-video)")
+    gen.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    gen.set_defaults(run=_generate)
 
     inf = sub.add_parser("inflate", help="turn an image UNet (vidiff, diffusers, SD 1.x/2.x) into a space-time UNet")
     inf.add_argument("source", help="diffusers unet folder, SD model folder, .safetensors state dict, or vidiff image UNet folder")
@@ -54,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vidiff` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:     # argparse prints its own one-line usage error
+        return int(e.code or 0)
     try:
         args.run(args)
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, TypeError) as e:

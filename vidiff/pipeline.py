@@ -250,8 +250,8 @@ class VideoPipeline:
         x = noise * (1 + sigmas[0] ** 2).sqrt()
         cfg = ctx.shape[0] == 2
         gscale = torch.as_tensor(guidance, dtype=torch.float32, device=self.device)
-        if gscale.ndim == 1:   # ramp over the frames of the whole video, first to last
-            gscale = gscale[0] + (gscale[1] - gscale[0]) * torch.linspace(0, 1, max(f, 2), device=self.device)[:f]
+        if gscale.ndim == 1:   # (first, last): a linear ramp over the frames of this window
+            gscale = gscale[0] + (gscale[1] - gscale[0]) * torch.linspace(0, 1, f, device=self.device)[None]
         framecond = known is not None and self.unet.config.frame_conditioning
         if framecond:
             lat, mask = known

@@ -75,3 +75,12 @@ def tiny_model(path: str | os.PathLike, **kwargs) -> Path:
     """Save a tiny random model folder (diffusers layout) at `path` and return it."""
     tiny_pipeline(**kwargs).save_pretrained(path)
     return Path(path)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        print("usage: python -m vidiff.testing OUT_DIR   (writes a tiny random model folder)", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote tiny random model to {tiny_model(sys.argv[1])}")

@@ -20,6 +20,9 @@ class TextEncoder:
     def from_pretrained(cls, path: str | os.PathLike) -> "TextEncoder":
         """Load `text_encoder/` (safetensors) and `tokenizer/` from a model folder, offline."""
         from transformers import AutoTokenizer, CLIPTextModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         path = Path(path)
         enc_dir, tok_dir = path / "text_encoder", path / "tokenizer"
@@ -32,6 +35,9 @@ class TextEncoder:
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write `text_encoder/` and `tokenizer/` into a model folder."""
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         self.model.save_pretrained(Path(path) / "text_encoder", safe_serialization=True)
         self.tokenizer.save_pretrained(Path(path) / "tokenizer")
 

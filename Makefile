@@ -1,0 +1,27 @@
+# Set-up is part of each target: a fresh clone needs only `make demo` or `make test`.
+# torch==2.13.0 goes in the same pip command as everything else (a CPU wheel here; a plain
+# install would pull a multi-GB CUDA build).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	mkdir -p out
+	$(PY) -m vidiff.testing out/tiny-random-model
+	$(VENV)/bin/vidiff generate "a red circle moving right" --model out/tiny-random-model --seed 0 -o out/demo.mp4
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/unet_speed.py
+
+.PHONY: install demo test bench

@@ -1,0 +1,126 @@
+"""Schedules and samplers against diffusers' schedulers, and against an oracle denoiser."""
+
+import pytest
+import torch
+
+from vidiff.samplers import SAMPLERS, get_sampler
+from vidiff.schedule import Denoiser, NoiseSchedule
+
+diffusers = pytest.importorskip("diffusers")
+
+W = torch.randn(4, 4, generator=torch.Generator().manual_seed(3)) * 0.3
+
+
+def model(x, t):
+    """A smooth, input- and time-dependent stand-in for a UNet (VP input, any prediction type)."""
+    t = torch.as_tensor(t, dtype=torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
+    return torch.tanh(torch.einsum("bc...,cd->bd...", x, W)) * (t / 1000 + 0.5) + 0.1 * x
+
+
+CASES = [
+    ("ddim", "DDIMScheduler", dict(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False, clip_sample=False), {}),
+    ("ddim", "DDIMScheduler", dict(timestep_spacing="trailing", clip_sample=False), {}),
+    ("ddim", "DDIMScheduler", dict(timestep_spacing="trailing", clip_sample=False), {"eta": 0.7}),
+    ("euler", "EulerDiscreteScheduler", dict(timestep_spacing="linspace"), {}),
+    ("euler_ancestral", "EulerAncestralDiscreteScheduler", dict(timestep_spacing="linspace"), {}),
+    ("dpmpp_2m", "DPMSolverMultistepScheduler", dict(timestep_spacing="linspace"), {}),
+]
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("name, cls, kw, extra", CASES, ids=[f"{c[0]}-{c[2]['timestep_spacing']}-{c[3]}" for c in CASES])
+def test_trajectory_matches_diffusers(name, cls, kw, extra, prediction_type):
+    base = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                prediction_type=prediction_type)
+    sch = getattr(diffusers, cls)(**base, **kw)
+    # 10 divides 1000: diffusers' DDIM steps to t - T//n, which is the next listed timestep only then
+    n = 10
+    sch.set_timesteps(n)
+    start = torch.randn(2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = start * sch.init_noise_sigma
+    g = torch.Generator().manual_seed(5)
+    ref = []
+    for t in sch.timesteps:
+        out = model(sch.scale_model_input(x, t), t.expand(2))
+        x = sch.step(out, t, x, generator=g, **extra).prev_sample
+        ref.append(x)
+
+    ours_sched = NoiseSchedule.from_config(dict(sch.config))
+    sigmas = ours_sched.sigmas(n, timesteps=sch.timesteps.double())
+    vp = name in ("ddim", "dpmpp_2m")      # these diffusers schedulers keep x on the VP scale
+    x0 = start * sch.init_noise_sigma * ((1 + sigmas[0] ** 2).sqrt() if vp else 1)
+    ours = []
+    g = torch.Generator().manual_seed(5)
+    SAMPLERS[name](Denoiser(model, ours_sched), x0, sigmas, generator=g,
+                   callback=lambda i, x, d: ours.append(x / ((1 + sigmas[i + 1] ** 2).sqrt() if vp else 1)),
+                   **extra)
+    assert len(ours) == len(ref) == n
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        assert (a - b).abs().max() < 1e-4, (i, (a - b).abs().max())
+
+
+@pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
+def test_timesteps_match_diffusers_ddim(spacing):
+    sch = diffusers.DDIMScheduler(timestep_spacing=spacing, steps_offset=1 if spacing == "leading" else 0)
+    for n in (1, 7, 25, 50):
+        sch.set_timesteps(n)
+        ours = NoiseSchedule.from_config(dict(sch.config)).timesteps(n)
+        if spacing == "linspace":
+            ours = ours.round()
+        assert torch.equal(ours.long(), sch.timesteps), (spacing, n)
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_alphas_match_diffusers(beta_schedule):
+    sch = diffusers.DDPMScheduler(beta_schedule=beta_schedule)
+    ours = NoiseSchedule.from_config(dict(sch.config))
+    torch.testing.assert_close(ours.alphas_cumprod.float(), sch.alphas_cumprod, rtol=1e-5, atol=1e-6)
+
+
+def test_add_noise_and_targets_match_diffusers():
+    sch = diffusers.DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction")
+    ours = NoiseSchedule.from_config(dict(sch.config))
+    x0, noise = torch.randn(3, 4, 2, 8, 8), torch.randn(3, 4, 2, 8, 8)
+    t = torch.tensor([0, 500, 999])
+    ref = torch.stack([sch.add_noise(x0[:, :, i], noise[:, :, i], t) for i in range(2)], 2)
+    torch.testing.assert_close(ours.add_noise(x0, noise, t), ref, rtol=1e-5, atol=1e-5)
+    vref = torch.stack([sch.get_velocity(x0[:, :, i], noise[:, :, i], t) for i in range(2)], 2)
+    torch.testing.assert_close(ours.target(x0, noise, t), vref, rtol=1e-5, atol=1e-5)
+    # per-frame levels: frame i of sample b uses t[b, i]
+    tf = torch.tensor([[0, 999], [10, 20], [500, 500]])
+    per = ours.add_noise(x0, noise, tf)
+    torch.testing.assert_close(per[:, :, 1], sch.add_noise(x0[:, :, 1], noise[:, :, 1], tf[:, 1]), rtol=1e-5, atol=1e-5)
+
+
+def test_scheduler_config_round_trip(tmp_path):
+    sched = NoiseSchedule(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type="v_prediction")
+    sched.save_pretrained(tmp_path)
+    assert NoiseSchedule.from_pretrained(tmp_path) == sched
+    # a diffusers-written folder loads too
+    diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2").save_pretrained(tmp_path / "d")
+    assert NoiseSchedule.from_pretrained(tmp_path / "d").beta_schedule == "squaredcos_cap_v2"
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_oracle_denoiser_lands_on_the_data(name, per_frame):
+    target = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    sched = NoiseSchedule()
+    sigmas = sched.sigmas(20)
+    if per_frame:
+        sigmas = sigmas[:, None, None].expand(-1, 1, 4).clone()
+        sigmas[:, :, 0] = 0                            # frame 0 is given and must stay put
+    x = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * 15
+    if per_frame:
+        x[:, :, 0] = target[:, :, 0]
+    out = get_sampler(name)(lambda x, s: target.expand_as(x), x, sigmas, generator=torch.Generator().manual_seed(0))
+    assert (out - target).abs().max() < 1e-4
+
+
+def test_bad_sampler_name_and_steps():
+    with pytest.raises(ValueError, match="unknown sampler 'heun'; allowed: ddim"):
+        get_sampler("heun")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        NoiseSchedule().timesteps(0)
+    with pytest.raises(ValueError, match="beta_schedule"):
+        NoiseSchedule(beta_schedule="cosine")
