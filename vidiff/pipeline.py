@@ -237,8 +237,9 @@ class VideoPipeline:
         return lat, mask
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        parts = [self.codec.decode(latents[:, :, i:i + 16].float()) for i in range(0, latents.shape[2], 16)]
-        return to_frames(torch.cat(parts, dim=2))
+        # 16 frames at a time straight to uint8: decoding never holds the whole video in float
+        return np.concatenate([to_frames(self.codec.decode(latents[:, :, i:i + 16].float()))
+                               for i in range(0, latents.shape[2], 16)])
 
     def _window(self, shape, known, ctx, steps, guidance, sampler, eta, generator, progress, offset=0):
         """Sample one window of frames, some possibly given (`known` = (latents, mask) or None)."""
