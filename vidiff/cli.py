@@ -84,7 +84,6 @@ def _generate(args: argparse.Namespace) -> None:
                   sampler=args.sampler, seed=args.seed, mode=args.mode, chunk=args.chunk,
                   context=args.context, fps=args.fps)
     if image is not None:
-        kwargs.setdefault("height", None)
         kwargs["height"] = args.height or image.shape[0]
         kwargs["width"] = args.width or image.shape[1]
         pipe.check_args(args.frames, kwargs["height"], kwargs["width"], args.steps, args.sampler, args.mode,
@@ -93,8 +92,7 @@ def _generate(args: argparse.Namespace) -> None:
             raise UsageError(f"--image is {image.shape[1]}x{image.shape[0]}; it must match "
                              f"--width/--height {kwargs['width']}x{kwargs['height']}")
         t0 = time.perf_counter()
-        video = pipe.animate(image, args.prompt, **{k: v for k, v in kwargs.items() if k not in ("height", "width")},
-                             height=kwargs["height"], width=kwargs["width"])
+        video = pipe.animate(image, args.prompt, **kwargs)
     else:
         pipe.check_args(args.frames, args.height, args.width, args.steps, args.sampler, args.mode, args.chunk,
                         args.context, args.guidance, args.fps or 8)
