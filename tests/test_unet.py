@@ -256,3 +256,32 @@ def test_attention_backends_agree_and_xformers_is_explicit():
             video(x, t, ctx)
     with pytest.raises(ValueError, match="attention_backend"):
         video.set_attention_backend("flash9")
+
+
+def test_top_level_inflate_and_mismatched_weights_are_value_errors(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import vidiff
+
+    assert isinstance(vidiff.inflate(image_unet()), UNet)
+    d = diffusers_unet()
+    d.save_pretrained(tmp_path / "unet", safe_serialization=True)
+    cfg = json.loads((tmp_path / "unet" / "config.json").read_text())
+    cfg["cross_attention_dim"] = CTX + 16        # the config now lies about the weights
+    (tmp_path / "unet" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="size mismatch"):
+        vidiff.inflate(tmp_path / "unet")
+    r = subprocess.run([sys.executable, "-m", "vidiff.cli", "inflate", str(tmp_path / "unet"), "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 2 and "size mismatch" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_frame_conditioning_inputs_are_checked():
+    x, t, ctx = torch.randn(1, 4, 2, 16, 16), torch.tensor([1]), torch.randn(1, 5, CTX)
+    with pytest.raises(ValueError, match="frame_conditioning=False"):
+        image_unet()(x, t, ctx, cond=x, cond_mask=torch.ones(1, 2))
+    with pytest.raises(ValueError, match="cond .* is required"):
+        UNet(tiny_model_config())(x, t, ctx, cond_mask=torch.ones(1, 2))

@@ -1,1 +1,19 @@
-"""vidiff: image diffusion models extended to video."""
+"""vidiff: image diffusion models extended to video.
+
+`vidiff.inflate(image_unet)` and `vidiff.UNet` are imported here (torch + einops only);
+`vidiff.VideoPipeline` is loaded on first use, since it pulls in transformers.
+"""
+
+from .inflate import inflate
+from .unet import UNet, UNetConfig
+
+__all__ = ["inflate", "UNet", "UNetConfig", "VideoPipeline"]
+
+
+def __getattr__(name: str):
+    """Lazy `vidiff.VideoPipeline`."""
+    if name == "VideoPipeline":
+        from .pipeline import VideoPipeline
+
+        return VideoPipeline
+    raise AttributeError(f"module 'vidiff' has no attribute {name!r}")

@@ -83,21 +83,15 @@ def _generate(args: argparse.Namespace) -> None:
                   width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance,
                   sampler=args.sampler, seed=args.seed, mode=args.mode, chunk=args.chunk,
                   context=args.context, fps=args.fps)
-    if image is not None:
-        kwargs["height"] = args.height or image.shape[0]
-        kwargs["width"] = args.width or image.shape[1]
-        pipe.check_args(args.frames, kwargs["height"], kwargs["width"], args.steps, args.sampler, args.mode,
-                        args.chunk, args.context, args.guidance, args.fps or 8)
+    t0 = time.perf_counter()
+    if image is None:
+        video = pipe(args.prompt, **kwargs)        # validates every argument before any work
+    else:
+        kwargs["height"], kwargs["width"] = args.height or image.shape[0], args.width or image.shape[1]
         if image.shape[:2] != (kwargs["height"], kwargs["width"]):
             raise UsageError(f"--image is {image.shape[1]}x{image.shape[0]}; it must match "
                              f"--width/--height {kwargs['width']}x{kwargs['height']}")
-        t0 = time.perf_counter()
         video = pipe.animate(image, args.prompt, **kwargs)
-    else:
-        pipe.check_args(args.frames, args.height, args.width, args.steps, args.sampler, args.mode, args.chunk,
-                        args.context, args.guidance, args.fps or 8)
-        t0 = time.perf_counter()
-        video = pipe(args.prompt, **kwargs)
     seconds = time.perf_counter() - t0
     video.save(out)
     f, h, w, _ = video.frames.shape

@@ -14,7 +14,6 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
 from .unet import CONFIG_NAME, WEIGHTS_NAME, UNet, UNetConfig, is_temporal_key
 
@@ -159,7 +158,11 @@ def load_image_unet(source, num_heads=None) -> UNet:
 
 
 def _load_spatial(model: UNet, sd: dict) -> None:
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:   # shape mismatches: report them as bad input, not a crash
+        detail = [line.strip() for line in str(e).splitlines() if "size mismatch" in line][:2]
+        raise ValueError(f"state dict does not fit the UNet config: {'; '.join(detail) or e}") from None
     missing = [k for k in missing if not is_temporal_key(k)]
     if missing or unexpected:
         raise ValueError(f"state dict does not match the UNet: missing {missing[:5]}"
@@ -167,12 +170,19 @@ def _load_spatial(model: UNet, sd: dict) -> None:
                          f"{'...' if len(unexpected) > 5 else ''}")
 
 
-def inflate(source, *, frame_conditioning: bool = False, temporal_attention_everywhere: bool = False,
+def inflate(source, *, frame_conditioning: bool | None = None, temporal_attention_everywhere: bool = False,
             temporal_heads: int = 8, num_heads=None, **overrides) -> UNet:
-    """Return a space-time UNet equal to the image UNet `source` frame by frame at initialisation."""
+    """Return a space-time UNet equal to the image UNet `source` frame by frame at initialisation.
+
+    `frame_conditioning=None` keeps the source's setting (an image stage may already have trained it).
+    """
     image = load_image_unet(source, num_heads=num_heads)
     if image.config.temporal:
         raise ValueError("source UNet already has temporal layers (config.temporal=True)")
+    if frame_conditioning is None:
+        frame_conditioning = image.config.frame_conditioning
+    if image.config.frame_conditioning and not frame_conditioning:
+        raise ValueError("the source UNet has frame conditioning; inflate with frame_conditioning=True (or None)")
     cfg = {**asdict(image.config), "temporal": True, "frame_conditioning": frame_conditioning,
            "temporal_attention_everywhere": temporal_attention_everywhere,
            "temporal_heads": temporal_heads, **overrides}

@@ -21,7 +21,7 @@ import torch
 from einops import rearrange
 
 from .codec import PixelCodec, VaeCodec
-from .io import as_frames, read_image, read_video, write_video
+from .io import as_frames, read_video, write_video
 from .samplers import get_sampler
 from .schedule import Denoiser, NoiseSchedule, per_frame
 from .text import TextEncoder
@@ -183,7 +183,7 @@ class VideoPipeline:
 
     def animate(self, image, prompt: str = "", **kwargs) -> Video:
         """Image-to-video: frame 0 is `image` (path, PIL, numpy `h w 3` uint8)."""
-        frame = load_frames(image)[0] if not isinstance(image, (str, os.PathLike)) else read_image(image)
+        frame = load_frames(image)[0]
         h, w = frame.shape[:2]
         kwargs.setdefault("height", h)
         kwargs.setdefault("width", w)
@@ -211,7 +211,7 @@ class VideoPipeline:
         given = {i: fr for i, fr in enumerate(frames)}
         out = self(prompt, num_frames=total, height=h, width=w, given=given, mode="autoregressive",
                    chunk=max(chunk, context + 1), context=context, fps=fps, **kwargs)
-        out.frames[:len(frames)] = frames
+        out.frames[:len(frames)] = frames      # the input as it was (a VAE round trip is lossy)
         return out
 
     # ---- internals ---------------------------------------------------------------------------
@@ -261,11 +261,10 @@ class VideoPipeline:
             sigmas[:, frozen] = 0                         # given frames sit at level 0 throughout
             x = torch.where(per_frame(mask, x) > 0, lat, x)
 
+        n = 2 if cfg else 1         # unconditional and conditional halves in one UNet batch
+        kw = dict(cond=lat.repeat(n, 1, 1, 1, 1).to(self.dtype), cond_mask=mask.repeat(n, 1)) if framecond else {}
+
         def model(x_t, t):
-            n = 2 if cfg else 1
-            kw = {}
-            if framecond:
-                kw = dict(cond=lat.repeat(n, 1, 1, 1, 1).to(self.dtype), cond_mask=mask.repeat(n, 1))
             t = t.repeat(n, *([1] * (t.ndim - 1)))
             out = self.unet(x_t.repeat(n, 1, 1, 1, 1).to(self.dtype), t, ctx, **kw).float()
             if not cfg:

@@ -62,17 +62,12 @@ def sample_ddim(denoise, x, sigmas, *, eta: float = 0.0, generator=None, callbac
 
 
 def sample_euler(denoise, x, sigmas, *, generator=None, callback=None):
-    """Euler method on the probability-flow ODE (Karras et al. 2022, Alg. 1 without churn)."""
-    levels = _levels(sigmas, x)
-    for i in range(len(levels) - 1):
-        s, s_next = levels[i], levels[i + 1]
-        denoised = denoise(x, s)
-        sb = per_frame(s, x)
-        d = (x - denoised) / sb.clamp(min=1e-12)
-        x = _hold(x, x + d * (per_frame(s_next, x) - sb), s, s_next)
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+    """Euler method on the probability-flow ODE (Karras et al. 2022, Alg. 1 without churn).
+
+    In sigma space the Euler step x + (s' - s)(x - x0)/s is exactly DDIM's x0 + s' eps, so this is
+    DDIM with eta=0; in diffusers the two differ only in the timestep grid their schedulers lay.
+    """
+    return _ancestral(denoise, x, sigmas, 0.0, generator, callback)
 
 
 def sample_euler_ancestral(denoise, x, sigmas, *, eta: float = 1.0, generator=None, callback=None):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -217,8 +217,8 @@ class UNet(nn.Module):
     # ---------------------------------------------------------------------------------------
     def set_attention_backend(self, backend: str) -> None:
         """Choose sdpa / xformers / math / auto for every attention layer (checked at forward)."""
-        if backend not in ("sdpa", "xformers", "math", "auto"):
-            resolve_backend(backend, torch.device("cpu"))
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
         self.config.attention_backend = backend
         self._resolved_backend = None
 
@@ -282,11 +282,9 @@ class UNet(nn.Module):
 
         xf = rearrange(x, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
         h = self.conv_in(xf)                                                            # (b f) c h w
-        if cfg.frame_conditioning and cond is not None:
-            h = h + self.frame_cond_in(self._cond_input(cond, cond_mask, x))
-        elif cond is not None or cond_mask is not None:
-            if not cfg.frame_conditioning:
-                raise ValueError("cond/cond_mask given but the UNet has frame_conditioning=False")
+        if cond is not None or cond_mask is not None:
+            c_in = self._cond_input(cond, cond_mask, x)                              # checks first
+            h = h + self.frame_cond_in(c_in)
 
         run = self._runner()
         skips = [h]
@@ -317,6 +315,10 @@ class UNet(nn.Module):
 
     def _cond_input(self, cond, cond_mask, x):
         b, _, f, hh, ww = x.shape
+        if not self.config.frame_conditioning:
+            raise ValueError("cond/cond_mask given but the UNet has frame_conditioning=False")
+        if cond is None:
+            raise ValueError("cond (b c f h w) is required with cond_mask")
         if cond.shape != x.shape:
             raise ValueError(f"cond must have the shape of x {tuple(x.shape)}, got {tuple(cond.shape)}")
         if cond_mask is None:
