@@ -197,6 +197,58 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"cannot read image {str(path)!r}: {e}") from None
 
 
+def _decord():
+    try:
+        import decord
+    except ImportError:
+        return None
+    return decord
+
+
+def probe_video(path: str | os.PathLike) -> tuple[int, float, int, int]:
+    """(frame count, fps, height, width) of a video file, from its header; ValueError if unreadable.
+
+    decord first; PyAV when decord is missing or fails on the file.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot decode {str(path)!r}: empty file")
+    decord = _decord()
+    if decord is not None:
+        try:
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+            h, w = vr[0].shape[:2]
+            return len(vr), float(vr.get_avg_fps()), h, w
+        except Exception:  # decord raises its own DECORDError and RuntimeError types
+            pass
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            n = stream.frames or sum(1 for _ in container.decode(stream))
+            return n, float(stream.average_rate or 8), stream.codec_context.height, stream.codec_context.width
+    except (av.error.FFmpegError, IndexError, ValueError) as e:
+        raise ValueError(f"cannot decode {str(path)!r}: {str(e).splitlines()[0][:200]}") from None
+
+
+def read_frames(path: str | os.PathLike, indices) -> np.ndarray:
+    """Decode only the frames at `indices` -> `f h w 3` uint8 (decord, PyAV fallback); ValueError if it cannot."""
+    path = Path(path)
+    indices = [int(i) for i in indices]
+    decord = _decord()
+    if decord is not None:
+        try:
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+            return vr.get_batch(indices).asnumpy()
+        except Exception:
+            pass
+    frames = _decode_av(path, max(indices))[0]
+    if max(indices) >= len(frames):
+        raise ValueError(f"cannot decode {str(path)!r}: frame {max(indices)} asked, {len(frames)} decoded")
+    return frames[indices]
+
+
 def _decode(path: Path) -> tuple[np.ndarray, float]:
     """Decode every frame with decord; PyAV when decord is missing or fails on the file.
 
@@ -205,10 +257,7 @@ def _decode(path: Path) -> tuple[np.ndarray, float]:
     """
     if path.stat().st_size == 0:
         raise ValueError(f"cannot decode {str(path)!r}: empty file")
-    try:
-        import decord
-    except ImportError:
-        decord = None
+    decord = _decord()
     if decord is not None:
         try:
             vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
@@ -219,13 +268,18 @@ def _decode(path: Path) -> tuple[np.ndarray, float]:
     return _decode_av(path)
 
 
-def _decode_av(path: Path) -> tuple[np.ndarray, float]:
+def _decode_av(path: Path, last: int | None = None) -> tuple[np.ndarray, float]:
+    """Decode with PyAV, every frame or up to frame index `last`."""
     import av
 
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            frames = []
+            for f in container.decode(stream):
+                frames.append(f.to_ndarray(format="rgb24"))
+                if last is not None and len(frames) > last:
+                    break
             fps = float(stream.average_rate or 8)
     except (av.error.FFmpegError, IndexError, ValueError) as e:
         raise ValueError(f"cannot decode {str(path)!r}: {str(e).splitlines()[0][:200]}") from None

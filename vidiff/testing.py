@@ -12,37 +12,22 @@ import yaml
 VOCAB = ("a an the and on of in with background shape moving left right up down still static staying "
          "red green blue yellow purple orange cyan magenta white black gray pink "
          "circle square triangle star ball box diamond cross ring").split()
-SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 TINY_YAML = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 
 
 def tiny_tokenizer(max_length: int = 16):
-    """A word-level `PreTrainedTokenizerFast` over `VOCAB`, built in memory."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """A word-level tokenizer over `VOCAB`, built in memory."""
+    from .text import word_tokenizer
 
-    vocab = {w: i for i, w in enumerate(SPECIALS + tuple(VOCAB))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                   bos_token="<bos>", eos_token="<eos>", model_max_length=max_length)
+    return word_tokenizer(VOCAB, max_length)
 
 
 def tiny_text_encoder(dim: int = 32, seed: int = 0):
     """A 2-layer random CLIP text model with the tiny tokenizer, wrapped as `TextEncoder`."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from .text import TextEncoder
 
-    tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
-    cfg = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=dim, intermediate_size=2 * dim,
-                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
-    return TextEncoder(CLIPTextModel(cfg), tokenizer)
+    return TextEncoder.build(VOCAB, dim=dim, layers=2, heads=2, max_length=16, seed=seed)
 
 
 def tiny_unet_config(**overrides) -> dict:

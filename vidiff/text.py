@@ -9,6 +9,24 @@ from pathlib import Path
 import torch
 
 
+SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
+
+
+def word_tokenizer(words, max_length: int = 16):
+    """A lower-casing word-level `PreTrainedTokenizerFast` over `words`, built in memory (no download)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIALS + tuple(dict.fromkeys(w.lower() for w in words)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                   bos_token="<bos>", eos_token="<eos>", model_max_length=max_length)
+
+
 class TextEncoder:
     """Prompts -> `b n d` hidden states (the UNet's `encoder_hidden_states`)."""
 
@@ -31,6 +49,21 @@ class TextEncoder:
                 raise FileNotFoundError(f"model folder {str(path)!r} has no {d.name}/")
         model = CLIPTextModel.from_pretrained(enc_dir, local_files_only=True, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        return cls(model, tokenizer)
+
+    @classmethod
+    def build(cls, words, dim: int = 32, layers: int = 2, heads: int = 2, max_length: int = 16,
+              seed: int = 0) -> "TextEncoder":
+        """A small random CLIP text model over a word-level vocabulary (for models trained from scratch)."""
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        tokenizer = word_tokenizer(words, max_length)
+        cfg = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=dim, intermediate_size=2 * dim,
+                             num_hidden_layers=layers, num_attention_heads=heads,
+                             max_position_embeddings=max_length, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = CLIPTextModel(cfg)
         return cls(model, tokenizer)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
