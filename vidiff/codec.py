@@ -97,3 +97,26 @@ class VaeCodec:
         """Move the VAE."""
         self.vae.to(device=device, dtype=dtype)
         return self
+
+
+def load_codec(cfg: dict | None = None, folder: str | os.PathLike | None = None):
+    """A codec from its config (`{"type": "pixel", "factor": 2}` or `{"type": "vae", "path": DIR}`).
+
+    With no config, a model `folder` decides: its `vae/` if it has one, else pixels.
+    A VAE without a `path` is read from `folder/vae`.
+    """
+    if cfg is None:
+        cfg = {"type": "vae"} if folder is not None and (Path(folder) / "vae").is_dir() else {"type": "pixel"}
+    kind = cfg.get("type", "pixel")
+    allowed = {"pixel": {"type", "factor"}, "vae": {"type", "path", "chunk"}}
+    if kind not in allowed:
+        raise ValueError(f"codec type must be 'pixel' or 'vae', got {kind!r}")
+    unknown = set(cfg) - allowed[kind]
+    if unknown:
+        raise ValueError(f"unknown {kind} codec keys {sorted(unknown)}; allowed: {sorted(allowed[kind])}")
+    if kind == "pixel":
+        return PixelCodec(int(cfg.get("factor", 1)))
+    path = cfg.get("path") or (Path(folder) / "vae" if folder is not None else None)
+    if path is None or not Path(path).is_dir():
+        raise FileNotFoundError(f"VAE folder {str(path)!r} does not exist (set codec.path)")
+    return VaeCodec.from_pretrained(path, int(cfg.get("chunk", 8)))

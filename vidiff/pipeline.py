@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from .codec import PixelCodec, VaeCodec
+from .codec import PixelCodec, VaeCodec, load_codec
 from .io import as_frames, read_video, write_video
 from .samplers import get_sampler
 from .schedule import Denoiser, NoiseSchedule, per_frame
@@ -93,11 +93,7 @@ class VideoPipeline:
         unet = UNet.from_pretrained(path / "unet")
         text = TextEncoder.from_pretrained(path)
         schedule = NoiseSchedule.from_pretrained(path / "scheduler")
-        codec_cfg = vidiff.get("codec", {"type": "vae"} if (path / "vae").is_dir() else {"type": "pixel"})
-        if codec_cfg["type"] == "vae":
-            codec = VaeCodec.from_pretrained(path / "vae", codec_cfg.get("chunk", 8))
-        else:
-            codec = PixelCodec(codec_cfg.get("factor", 1))
+        codec = load_codec(vidiff.get("codec"), path)
         return cls(unet, text, schedule, codec, vidiff.get("defaults")).to(device, dtype)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
