@@ -98,6 +98,31 @@ def _generate(args: argparse.Namespace) -> None:
     print(f"wrote {out}: {f} frame{'s' * (f != 1)} {w}x{h} at {video.fps:g} fps in {seconds:.1f}s")
 
 
+def _data_shapes(args: argparse.Namespace) -> None:
+    import time
+
+    from .shapes import HOLDOUT, make_shapes_dataset
+
+    t0 = time.perf_counter()
+    out = make_shapes_dataset(args.out, clips=args.clips, seed=args.seed, size=args.size,
+                              num_frames=args.frames, fps=args.fps, include_holdout=args.include_holdout,
+                              progress=not args.quiet)
+    held = "included" if args.include_holdout else f"{len(HOLDOUT)} held-out combinations left out"
+    print(f"wrote {out}: {args.clips} clips ({args.frames} frames {args.size}x{args.size} at {args.fps:g} fps), "
+          f"metadata.jsonl; {held}; {time.perf_counter() - t0:.1f}s")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)      # bad keys and values fail here, before any work
+    from .train import train
+
+    result = train(cfg, progress=not args.quiet)
+    print(f"wrote {result['model_dir']} after {result['step']} steps"
+          + (f"; skipped {len(result['skipped'])} unreadable files" if result["skipped"] else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = Parser(prog="vidiff", description="Image diffusion models extended to video.")
@@ -133,6 +158,25 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--num-heads", default=None, help="spatial heads (int or per-level list a,b,c) for a bare state dict")
     inf.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     inf.set_defaults(run=_inflate)
+
+    tr = sub.add_parser("train", help="train (or resume) from a YAML config")
+    tr.add_argument("config", help="YAML config, e.g. configs/tiny.yaml")
+    tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 lr=3e-4")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(run=_train)
+
+    data = sub.add_parser("data", help="make datasets")
+    data_sub = data.add_subparsers(dest="dataset", required=True)
+    sh = data_sub.add_parser("shapes", help="procedural text-to-video clips (MP4 + metadata.jsonl)")
+    sh.add_argument("--out", required=True, help="folder to write (must not hold a dataset yet)")
+    sh.add_argument("--clips", type=int, default=1000, help="number of clips (default 1000)")
+    sh.add_argument("--seed", type=int, default=0, help="same seed, same dataset")
+    sh.add_argument("--size", type=int, default=64, help="frame width and height in pixels (even)")
+    sh.add_argument("--frames", type=int, default=24, help="frames per clip")
+    sh.add_argument("--fps", type=float, default=8.0)
+    sh.add_argument("--include-holdout", action="store_true", help="also generate the held-out combinations")
+    sh.add_argument("--quiet", action="store_true", help="no progress bar")
+    sh.set_defaults(run=_data_shapes)
     return p
 
 

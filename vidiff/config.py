@@ -95,9 +95,16 @@ def _check_type(key: str, value, default):
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
+        if isinstance(value, str):       # PyYAML reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     else:
+        if isinstance(default, str) and isinstance(value, bool):
+            value = "yes" if value else "no"     # YAML 1.1 reads a bare no/yes as a boolean
         ok = isinstance(value, type(default))
     if not ok:
         raise ValueError(f"config key {key!r} must be a {type(default).__name__}, got {value!r}")
@@ -126,6 +133,11 @@ def parse_override(cfg: Config, item: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise ValueError(f"override {item!r}: value {raw!r} is not valid YAML") from None
+    if key in FREE_SECTIONS:                 # model={...}: replace the whole section
+        if not isinstance(value, dict):
+            raise ValueError(f"override {key}= must be a mapping like {{a: 1}}, got {raw!r}")
+        setattr(cfg, key, value)
+        return
     if "." in key:
         section, name = key.split(".", 1)
     else:

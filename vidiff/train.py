@@ -308,6 +308,11 @@ def train(cfg: Config, progress: bool = True) -> dict:
 
     check(cfg)
     t = cfg.train
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one global state per process; a second train() in the same process (tests,
+    # notebooks) may use another precision. The distributed part (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=t.cpu)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     out = Path(t.output_dir)

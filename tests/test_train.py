@@ -1,0 +1,167 @@
+"""Training: loss goes down, freeze-spatial, EMA, bit-exact resume after SIGKILL, two processes."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vidiff.config import load_config
+from vidiff.data import ClipDataset
+from vidiff.shapes import make_shapes_dataset
+from vidiff.train import Objective, build_models, draw, latest_checkpoint, train
+from vidiff.unet import UNet, is_temporal_key
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), clips=8, size=32, num_frames=12, progress=False)
+
+
+def cfg_for(data, out, *overrides):
+    return load_config(TINY, [f"data.path={data}", f"train.output_dir={out}", "data.num_frames=4", *overrides])
+
+
+def fixed_loss(unet, cfg, data):
+    """Loss on the first evaluation clips with fixed t, noise and masks."""
+    _, text, schedule, codec = build_models(cfg)
+    ds = ClipDataset(data, num_frames=4, size=32, train=False)
+    x0 = codec.encode(torch.stack([ds[i]["video"] for i in range(4)]))
+    g = torch.Generator().manual_seed(123)
+    t, noise, mask, _ = draw(x0, cfg, schedule, g, True)
+    ctx = text([ds[i]["caption"] for i in range(4)])
+    with torch.no_grad():
+        return float(Objective(unet.eval(), schedule).loss(x0, ctx, t, noise, mask))
+
+
+def test_tiny_training_lowers_the_loss(data, tmp_path):
+    cfg = cfg_for(data, tmp_path, "train.steps=30", "train.checkpoint_every=30", "train.ema_decay=0")
+    before = fixed_loss(build_models(cfg)[0], cfg, data)
+    result = train(cfg, progress=False)
+    after = fixed_loss(result["unet"], cfg, data)
+    assert after < 0.7 * before, (before, after)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30]
+    assert all(r["clips_per_s"] > 0 and r["skipped_files"] == 0 for r in log)
+    from vidiff.pipeline import VideoPipeline
+
+    pipe = VideoPipeline.from_pretrained(result["model_dir"])
+    video = pipe("a red circle moving left", num_inference_steps=2, progress=False)
+    assert video.frames.shape == (4, 32, 32, 3)
+
+
+def test_image_stage_then_frozen_video_stage(data, tmp_path):
+    image = train(cfg_for(data, tmp_path / "img", "train.stage=image", "data.num_frames=1", "train.steps=3",
+                          "model.frame_conditioning=false", "train.cond_first=0", "train.cond_prefix=0",
+                          "train.cond_first_last=0"), progress=False)
+    assert not image["unet"].config.temporal
+    cfg = cfg_for(data, tmp_path / "vid", f"train.init={image['model_dir']}", "train.freeze_spatial=true",
+                  "train.steps=3", "train.lr=1e-2", "train.image_batch_size=2", "model={frame_conditioning: true, temporal_heads: 2}")
+    start = build_models(cfg)[0].state_dict()
+    shipped = UNet.from_pretrained(image["model_dir"] / "unet").state_dict()      # the image stage's EMA
+    assert all(start[k].equal(v) for k, v in shipped.items())                       # inflated exactly
+    end = train(cfg, progress=False)["unet"].state_dict()
+    spatial = [k for k in start if not is_temporal_key(k)]
+    temporal = [k for k in start if is_temporal_key(k)]
+    assert spatial and temporal
+    assert all(torch.equal(start[k], end[k]) for k in spatial)
+    assert sum(not torch.equal(start[k], end[k]) for k in temporal) > len(temporal) // 2
+
+
+def test_ema_follows_the_update_rule(data, tmp_path):
+    cfg = cfg_for(data, tmp_path, "train.steps=1", "train.ema_decay=0.9", "train.checkpoint_every=1")
+    start = {n: p.detach().clone() for n, p in build_models(cfg)[0].named_parameters()}
+    result = train(cfg, progress=False)
+    raw = dict(result["unet"].named_parameters())
+    decay = min(0.9, 2 / 11)                                   # warm-up rule after one step
+    name = "conv_in.weight"
+    assert not torch.equal(result["ema"][name], raw[name].detach())
+    torch.testing.assert_close(result["ema"][name], decay * start[name] + (1 - decay) * raw[name].detach())
+    shipped = load_file(str(tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert torch.equal(shipped[name], result["ema"][name])     # the model folder holds the EMA weights
+
+
+def test_gradient_checkpointing_and_v_prediction_train_the_same(data, tmp_path):
+    args = ("train.steps=2", "schedule.prediction_type=v_prediction", "train.mixed_precision=no")
+    a = train(cfg_for(data, tmp_path / "a", *args), progress=False)["unet"].state_dict()
+    b = train(cfg_for(data, tmp_path / "b", *args, "train.gradient_checkpointing=true"), progress=False)["unet"].state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_mixed_precision_runs_on_cpu(data, tmp_path):
+    result = train(cfg_for(data, tmp_path, "train.steps=2", "train.mixed_precision=bf16"), progress=False)
+    assert all(torch.isfinite(p).all() for p in result["unet"].parameters())
+    assert next(result["unet"].parameters()).dtype == torch.float32          # master weights stay fp32
+
+
+def _run(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "vidiff.cli", "train", str(TINY), *args, "--quiet"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(data, tmp_path):
+    args = [f"data.path={data}", "data.num_frames=4", "train.steps=12", "train.checkpoint_every=3",
+            "train.keep_checkpoints=10", "data.num_workers=0"]
+    full = _run(args + [f"train.output_dir={tmp_path / 'full'}"])
+    killed = tmp_path / "killed"
+    proc = _run(args + [f"train.output_dir={killed}"])
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "checkpoint-00000003" / "state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(killed / "checkpoints").name != "checkpoint-00000012"   # really cut short
+    resumed = _run(args + [f"train.output_dir={killed}"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    assert full.wait(timeout=300) == 0, full.stderr.read().decode()[-2000:]
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        a = load_file(str(tmp_path / "full" / "checkpoints" / "checkpoint-00000012" / name))
+        b = load_file(str(killed / "checkpoints" / "checkpoint-00000012" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_partial_checkpoints_are_ignored(tmp_path):
+    (tmp_path / "checkpoint-00000004").mkdir()
+    (tmp_path / "checkpoint-00000004" / "model.safetensors").write_bytes(b"half")   # no state.json
+    (tmp_path / ".checkpoint-00000006.tmp").mkdir()
+    (tmp_path / "checkpoint-00000002").mkdir()
+    (tmp_path / "checkpoint-00000002" / "state.json").write_text("{}")
+    assert latest_checkpoint(tmp_path).name == "checkpoint-00000002"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_hold_identical_weights_and_see_different_samples(data, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(ROOT / "tests" / "dist_worker.py"), str(tmp_path), str(TINY), f"data.path={data}",
+           f"train.output_dir={tmp_path}", "data.num_frames=4", "train.steps=3", "train.checkpoint_every=3",
+           "train.log_samples=true", "train.cpu=true"]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    start = build_models(cfg_for(data, tmp_path))[0].state_dict()
+    assert not torch.equal(start["conv_in.weight"], w0["conv_in.weight"])          # it did train
+    seen = [[json.loads(line) for line in (tmp_path / f"samples-rank{r}.jsonl").read_text().splitlines()]
+            for r in (0, 1)]
+    for s0, s1 in zip(*seen):
+        assert s0["step"] == s1["step"]
+        assert not {tuple(k) for k in s0["keys"]} & {tuple(k) for k in s1["keys"]}
+    assert (tmp_path / "model" / "model_index.json").exists()
