@@ -165,3 +165,45 @@ def test_two_processes_hold_identical_weights_and_see_different_samples(data, tm
         assert s0["step"] == s1["step"]
         assert not {tuple(k) for k in s0["keys"]} & {tuple(k) for k in s1["keys"]}
     assert (tmp_path / "model" / "model_index.json").exists()
+
+
+def tiny_sd_folder(path: Path) -> Path:
+    """A diffusers Stable-Diffusion-layout folder (unet, vae, text encoder, tokenizer, scheduler), tiny and random."""
+    diffusers = pytest.importorskip("diffusers")
+    from vidiff.testing import tiny_text_encoder
+
+    torch.manual_seed(0)
+    diffusers.UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=32).save_pretrained(path / "unet")
+    diffusers.AutoencoderKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                            up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
+                            norm_num_groups=32).save_pretrained(path / "vae")
+    diffusers.PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                            steps_offset=1, skip_prk_steps=True).save_pretrained(path / "scheduler")
+    tiny_text_encoder().save_pretrained(path)
+    (path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return path
+
+
+def test_sd15_motion_config_trains_temporal_layers_of_a_diffusers_folder(data, tmp_path):
+    sd = tiny_sd_folder(tmp_path / "sd")
+    cfg = load_config(ROOT / "configs" / "sd15-motion.yaml", [
+        f"train.init={sd}", f"data.path={data}", f"train.output_dir={tmp_path / 'run'}", "data.height=32",
+        "data.width=32", "data.num_frames=4", "data.num_workers=0", "train.steps=2", "train.grad_accum=2",
+        "train.mixed_precision=no", "model.temporal_heads=2"])
+    result = train(cfg, progress=False)
+    import diffusers
+
+    source = diffusers.UNet2DConditionModel.from_pretrained(sd / "unet").state_dict()
+    trained = result["unet"].state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in source.items())       # spatial frozen, copied exactly
+    assert any(not torch.equal(trained[k], torch.zeros_like(trained[k]))
+               for k in trained if ".temp_attentions." in k and "to_out" in k)
+    from vidiff.pipeline import VideoPipeline
+
+    pipe = VideoPipeline.from_pretrained(result["model_dir"])
+    assert pipe.codec.kind == "vae" and pipe.schedule.beta_schedule == "scaled_linear"
+    assert pipe("a red circle", num_frames=2, height=32, width=32, num_inference_steps=1,
+                progress=False).frames.shape == (2, 32, 32, 3)

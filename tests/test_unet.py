@@ -285,3 +285,15 @@ def test_frame_conditioning_inputs_are_checked():
         image_unet()(x, t, ctx, cond=x, cond_mask=torch.ones(1, 2))
     with pytest.raises(ValueError, match="cond .* is required"):
         UNet(tiny_model_config())(x, t, ctx, cond_mask=torch.ones(1, 2))
+
+
+def test_backward_with_frozen_spatial_layers():
+    """Only temporal layers trainable: gradients reach them (torch 2.13's CPU GroupNorm used to segfault here)."""
+    model = UNet(tiny_model_config(frame_conditioning=False))
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_temporal_key(name))
+    x, ctx = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 5, CTX)
+    model(x, torch.tensor([10]), ctx).pow(2).mean().backward()
+    grads = [p.grad for n, p in model.named_parameters() if is_temporal_key(n)]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for n, p in model.named_parameters() if not is_temporal_key(n))

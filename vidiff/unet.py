@@ -281,6 +281,12 @@ class UNet(nn.Module):
         temb = self.time_embedding(rearrange(temb, "b f d -> (b f) d").to(x.dtype))     # (b f) d
 
         xf = rearrange(x, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
+        if torch.is_grad_enabled() and not xf.requires_grad and not self.conv_in.weight.requires_grad \
+                and any(p.requires_grad for p in self.parameters()):
+            # Frozen stem, trainable layers further in (freeze_spatial): torch 2.13's CPU GroupNorm
+            # backward segfaults on a channels-last input that needs no grad while its weight does.
+            # Letting the input carry grad costs one conv's input gradient and avoids that path.
+            xf = xf.detach().requires_grad_()
         h = self.conv_in(xf)                                                            # (b f) c h w
         if cond is not None or cond_mask is not None:
             c_in = self._cond_input(cond, cond_mask, x)                              # checks first
