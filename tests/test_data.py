@@ -167,3 +167,16 @@ def test_collate_merges_skips():
              {"video": torch.ones(3, 2, 4, 4), "caption": "y", "path": "q", "key": [1, 2], "skipped": ["a", "b"]}]
     out = collate(items)
     assert out["video"].shape == (2, 3, 2, 4, 4) and out["skipped"] == ["a", "b"]
+
+
+def test_worker_processes_report_files_that_fail_mid_run(tmp_path, shapes_dir):
+    for p in sorted((shapes_dir / "clips").glob("*.mp4"))[:4]:
+        shutil.copy(p, tmp_path / p.name)
+    ds = ClipDataset(tmp_path, num_frames=8, warn=False)
+    broken = ds.entries[1].path
+    broken.write_bytes(b"\0" * 100)
+    it = iter(loader(ds, batch_size=2, seed=0, num_workers=2))
+    batches = [next(it) for _ in range(6)]
+    assert all(b["video"].shape == (2, 3, 8, 64, 64) for b in batches)
+    assert str(broken) in {p for b in batches for p in b["skipped"]}
+    assert str(broken) not in {p for b in batches for p in b["path"]}

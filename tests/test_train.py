@@ -152,7 +152,7 @@ def test_two_processes_hold_identical_weights_and_see_different_samples(data, tm
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            str(ROOT / "tests" / "dist_worker.py"), str(tmp_path), str(TINY), f"data.path={data}",
            f"train.output_dir={tmp_path}", "data.num_frames=4", "train.steps=3", "train.checkpoint_every=3",
-           "train.log_samples=true", "train.cpu=true"]
+           "train.log_samples=true"]       # no GPU here: train() must join the ranks over gloo by itself
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
@@ -207,3 +207,11 @@ def test_sd15_motion_config_trains_temporal_layers_of_a_diffusers_folder(data, t
     assert pipe.codec.kind == "vae" and pipe.schedule.beta_schedule == "scaled_linear"
     assert pipe("a red circle", num_frames=2, height=32, width=32, num_inference_steps=1,
                 progress=False).frames.shape == (2, 32, 32, 3)
+
+
+def test_resume_into_a_folder_of_another_model_is_a_clear_error(data, tmp_path):
+    train(cfg_for(data, tmp_path, "train.steps=1"), progress=False)
+    with pytest.raises(ValueError, match="cannot resume from .*checkpoint-00000001: it does not fit"):
+        train(cfg_for(data, tmp_path, "train.steps=2", "model.block_out_channels=[32, 32]"), progress=False)
+    done = train(cfg_for(data, tmp_path, "train.steps=1"), progress=False)    # finished run: just re-exports
+    assert done["step"] == 1

@@ -119,8 +119,9 @@ def _train(args: argparse.Namespace) -> None:
     from .train import train
 
     result = train(cfg, progress=not args.quiet)
-    print(f"wrote {result['model_dir']} after {result['step']} steps"
-          + (f"; skipped {len(result['skipped'])} unreadable files" if result["skipped"] else ""))
+    if result["main"]:
+        print(f"wrote {result['model_dir']} after {result['step']} steps"
+              + (f"; skipped {len(result['skipped'])} unreadable files" if result["skipped"] else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:

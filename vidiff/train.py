@@ -268,17 +268,27 @@ def load_checkpoint(path: Path, unet, ema, optimizer, g, rank: int) -> dict:
     """Restore model, EMA, optimizer and this rank's RNG from checkpoint folder `path`."""
     from safetensors.torch import load_file
 
-    unet.load_state_dict(load_file(str(path / "model.safetensors")))
-    for k, v in load_file(str(path / "ema.safetensors")).items():
-        ema[k].copy_(v)
-    load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")),
-                   json.loads((path / "optimizer.json").read_text()))
+    state = json.loads((path / "state.json").read_text())
+    try:
+        unet.load_state_dict(load_file(str(path / "model.safetensors")))
+        saved_ema = load_file(str(path / "ema.safetensors"))
+        if saved_ema.keys() != ema.keys():
+            raise RuntimeError("the EMA holds other parameters (freeze_spatial changed?)")
+        for k, v in saved_ema.items():
+            ema[k].copy_(v)
+        load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")),
+                       json.loads((path / "optimizer.json").read_text()))
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ValueError(f"cannot resume from {path}: it does not fit this config "
+                         f"({str(e).strip().splitlines()[0][:200]}); use a new train.output_dir") from None
     rng_file = path / f"rng-{rank}.safetensors"
     if rng_file.exists():
         rng = load_file(str(rng_file))
         g.set_state(rng["generator"])
         torch.set_rng_state(rng["torch"])
-    return json.loads((path / "state.json").read_text())
+    else:     # more processes than the run that wrote it: a fresh, still deterministic stream
+        g.manual_seed(1_000_003 * state["step"] + rank)
+    return state
 
 
 # ---- the loop --------------------------------------------------------------------------------------
@@ -313,7 +323,13 @@ def train(cfg: Config, progress: bool = True) -> dict:
     # accelerate keeps one global state per process; a second train() in the same process (tests,
     # notebooks) may use another precision. The distributed part (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=t.cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    # Launched as N processes on a machine without a GPU, accelerate only joins them into one
+    # (gloo) run when told cpu=True; otherwise it would run N unconnected copies into one folder.
+    accelerator = Accelerator(mixed_precision=t.mixed_precision,
+                              cpu=t.cpu or (launched > 1 and not torch.cuda.is_available()))
+    if accelerator.num_processes != launched:
+        raise RuntimeError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     out = Path(t.output_dir)
     ckpt_dir = out / "checkpoints"
@@ -342,25 +358,27 @@ def train(cfg: Config, progress: bool = True) -> dict:
     objective, optimizer = accelerator.prepare(Objective(unet, schedule), optimizer)
     g = torch.Generator().manual_seed(t.seed * 1000 + rank)
 
-    step, state = 0, {"samples": 0, "runtime_skipped": []}
+    step, state = 0, {"samples": 0, "image_samples": 0, "runtime_skipped": []}
     last = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
     if last is not None:
         state = load_checkpoint(last, unet, ema, optimizer, g, rank)
         step = state["step"]
-        if state.get("world", world) != world:
-            raise ValueError(f"{last} was written by {state['world']} processes, this run has {world}")
         accelerator.print(f"resuming from {last} (step {step})")
+        if state.get("world", world) != world:
+            accelerator.print(f"note: {last} was written by {state['world']} processes, this run has {world}; "
+                              "training goes on, but only a resume on the same count is bit-exact")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
 
-    batches = _batches(loader(ds, t.batch_size, t.seed, rank, world, step * per_step, d.num_workers), device, codec)
+    # both sample streams restart where the checkpoint left them (global positions, any world size)
+    batches = _batches(loader(ds, t.batch_size, t.seed, rank, world, state["samples"], d.num_workers), device, codec)
     images = None
     if t.image_batch_size:
         ids = ClipDataset(d.image_path or d.path, num_frames=1, size=(d.height, d.width), crop=d.crop,
                           images=True, warn=False)
         images = _batches(loader(ids, t.image_batch_size, t.seed + 1, rank, world,
-                                 step * t.image_batch_size * t.grad_accum * world, d.num_workers), device, codec)
+                                 state.get("image_samples", 0), d.num_workers), device, codec)
     skipped = set(ds.skipped) | set(state["runtime_skipped"])
     log_file = out / "log.jsonl"
     samples_file = out / f"samples-rank{rank}.jsonl" if t.log_samples else None
@@ -399,6 +417,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         state["samples"] += per_step
+        state["image_samples"] = state.get("image_samples", 0) + t.image_batch_size * t.grad_accum * world
         if t.ema_decay:
             decay = min(t.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
@@ -439,4 +458,5 @@ def train(cfg: Config, progress: bool = True) -> dict:
                       {"height": d.height, "width": d.width, "num_frames": d.num_frames, "fps": fps}
                       ).save_pretrained(model_dir)
     accelerator.wait_for_everyone()
-    return {"model_dir": model_dir, "step": step, "unet": net, "ema": ema, "skipped": sorted(skipped)}
+    return {"model_dir": model_dir, "step": step, "unet": net, "ema": ema, "skipped": sorted(skipped),
+            "main": accelerator.is_main_process}
