@@ -180,3 +180,12 @@ def test_worker_processes_report_files_that_fail_mid_run(tmp_path, shapes_dir):
     assert all(b["video"].shape == (2, 3, 8, 64, 64) for b in batches)
     assert str(broken) in {p for b in batches for p in b["skipped"]}
     assert str(broken) not in {p for b in batches for p in b["path"]}
+
+
+def test_pyav_takes_over_without_decord(monkeypatch, tmp_path):
+    write_video(_ramp_video(12), tmp_path / "ramp.mp4", fps=24)
+    with_decord = ClipDataset(tmp_path, num_frames=4, frame_stride=2, size=32)[0]["video"]
+    monkeypatch.setitem(__import__("sys").modules, "decord", None)       # import decord -> ImportError
+    without = ClipDataset(tmp_path, num_frames=4, frame_stride=2, size=32)
+    assert without.entries[0].frames == 12 and without.entries[0].fps == 24
+    assert torch.equal(without[0]["video"], with_decord)

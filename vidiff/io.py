@@ -197,30 +197,30 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"cannot read image {str(path)!r}: {e}") from None
 
 
-def _decord():
+def _try_decord(path: Path, fn):
+    """`fn(decord.VideoReader)`, or None when decord is missing or fails on the file.
+
+    decord 0.6 fails on some frame widths (e.g. 48: its row padding mismatches), so every decord
+    failure is retried with PyAV before a file is called unreadable.
+    """
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot decode {str(path)!r}: empty file")
     try:
         import decord
     except ImportError:
         return None
-    return decord
+    try:
+        return fn(decord.VideoReader(str(path), ctx=decord.cpu(0)))
+    except Exception:  # decord raises its own DECORDError and RuntimeError types
+        return None
 
 
 def probe_video(path: str | os.PathLike) -> tuple[int, float, int, int]:
-    """(frame count, fps, height, width) of a video file, from its header; ValueError if unreadable.
-
-    decord first; PyAV when decord is missing or fails on the file.
-    """
+    """(frame count, fps, height, width) of a video file, from its header; ValueError if unreadable."""
     path = Path(path)
-    if path.stat().st_size == 0:
-        raise ValueError(f"cannot decode {str(path)!r}: empty file")
-    decord = _decord()
-    if decord is not None:
-        try:
-            vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
-            h, w = vr[0].shape[:2]
-            return len(vr), float(vr.get_avg_fps()), h, w
-        except Exception:  # decord raises its own DECORDError and RuntimeError types
-            pass
+    got = _try_decord(path, lambda vr: (len(vr), float(vr.get_avg_fps()), *vr[0].shape[:2]))
+    if got is not None:
+        return got
     import av
 
     try:
@@ -236,13 +236,9 @@ def read_frames(path: str | os.PathLike, indices) -> np.ndarray:
     """Decode only the frames at `indices` -> `f h w 3` uint8 (decord, PyAV fallback); ValueError if it cannot."""
     path = Path(path)
     indices = [int(i) for i in indices]
-    decord = _decord()
-    if decord is not None:
-        try:
-            vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
-            return vr.get_batch(indices).asnumpy()
-        except Exception:
-            pass
+    frames = _try_decord(path, lambda vr: vr.get_batch(indices).asnumpy())
+    if frames is not None:
+        return frames
     frames = _decode_av(path, max(indices))[0]
     if max(indices) >= len(frames):
         raise ValueError(f"cannot decode {str(path)!r}: frame {max(indices)} asked, {len(frames)} decoded")
@@ -250,22 +246,9 @@ def read_frames(path: str | os.PathLike, indices) -> np.ndarray:
 
 
 def _decode(path: Path) -> tuple[np.ndarray, float]:
-    """Decode every frame with decord; PyAV when decord is missing or fails on the file.
-
-    decord 0.6 fails on some frame widths (e.g. 48: its row padding mismatches), so a decord
-    error is retried with PyAV before the file is called unreadable.
-    """
-    if path.stat().st_size == 0:
-        raise ValueError(f"cannot decode {str(path)!r}: empty file")
-    decord = _decord()
-    if decord is not None:
-        try:
-            vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
-            frames = vr.get_batch(list(range(len(vr)))).asnumpy()
-            return frames, float(vr.get_avg_fps())
-        except Exception:  # decord raises its own DECORDError and RuntimeError types
-            pass
-    return _decode_av(path)
+    """Decode every frame with decord; PyAV when decord is missing or fails on the file."""
+    got = _try_decord(path, lambda vr: (vr.get_batch(list(range(len(vr)))).asnumpy(), float(vr.get_avg_fps())))
+    return got if got is not None else _decode_av(path)
 
 
 def _decode_av(path: Path, last: int | None = None) -> tuple[np.ndarray, float]:
