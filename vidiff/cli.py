@@ -6,6 +6,7 @@ A bad argument or input is one line on stderr naming it, exit status 2, no trace
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -124,6 +125,48 @@ def _train(args: argparse.Namespace) -> None:
               + (f"; skipped {len(result['skipped'])} unreadable files" if result["skipped"] else ""))
 
 
+def _bench_consistency(args: argparse.Namespace) -> int:
+    from types import SimpleNamespace
+
+    from .io import check_writable, read_video
+
+    for flag, path, suffix in (("--json", args.json, ".json"), ("--plot", args.plot, ".png")):
+        if path is not None:
+            if not str(path).lower().endswith(suffix):
+                raise UsageError(f"{flag} {path}: must end in {suffix}")
+            check_writable(path)
+    if not args.analysis_fps > 0:
+        raise UsageError(f"--analysis-fps must be > 0, got {args.analysis_fps}")
+    if args.clip_model is not None and not os.path.isdir(args.clip_model):
+        raise UsageError(f"--clip-model {args.clip_model}: folder does not exist")
+    reference = None
+    if args.reference is not None:
+        frames, fps = read_video(args.reference)          # a bad reference fails before any scoring
+        reference = SimpleNamespace(frames=frames, fps=fps)
+    from .bench import SCHEMA_ID, consistency, plot, table, write_json
+
+    records, errors = [], []
+    for video in args.videos:
+        try:
+            records.append(consistency(video, reference=reference, fps=args.fps, analysis_fps=args.analysis_fps,
+                                       flow=args.flow, clip_model=args.clip_model))
+        except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            errors.append({"video": video, "error": msg})
+            print(f"vidiff bench: error: {video}: {msg}", file=sys.stderr)
+    if records:
+        print(table(records))
+        for r in records:
+            for note in r["notes"]:
+                print(f"  {r['video']}: {note}")
+    if args.json is not None:
+        write_json({"schema": SCHEMA_ID, "reports": records, "errors": errors}, args.json)
+        print(f"wrote {args.json}")
+    if args.plot is not None and records:
+        print(f"wrote {plot(records, args.plot)}")
+    return 2 if errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = Parser(prog="vidiff", description="Image diffusion models extended to video.")
@@ -178,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--include-holdout", action="store_true", help="also generate the held-out combinations")
     sh.add_argument("--quiet", action="store_true", help="no progress bar")
     sh.set_defaults(run=_data_shapes)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    cons = bench_sub.add_parser("consistency", help="temporal consistency of videos (flicker, warping error, motion, ...)")
+    cons.add_argument("videos", nargs="+", help="MP4/GIF files or folders of frames")
+    cons.add_argument("--json", default=None, help="write every per-video report to this .json file")
+    cons.add_argument("--plot", default=None, help="write the per-pair curves to this .png")
+    cons.add_argument("--reference", default=None, help="reference video for TecoGAN's tOF")
+    cons.add_argument("--clip-model", default=None, help="local transformers CLIP folder: CLIP frame consistency")
+    cons.add_argument("--analysis-fps", type=float, default=8.0, help="frame rate the flow metrics run at (default 8)")
+    cons.add_argument("--fps", type=float, default=None, help="override the videos' native frame rate")
+    cons.add_argument("--flow", default="dis", choices=["dis", "farneback"], help="OpenCV optical flow (default DIS)")
+    cons.set_defaults(run=_bench_consistency)
     return p
 
 
@@ -189,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:     # argparse prints its own one-line usage error
         return int(e.code or 0)
     try:
-        args.run(args)
+        status = args.run(args)
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, TypeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"vidiff {args.command}: error: {msg}", file=sys.stderr)
@@ -197,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vidiff: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

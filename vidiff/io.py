@@ -9,8 +9,10 @@ and the written file is checked to be non-empty.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -209,10 +211,26 @@ def _try_decord(path: Path, fn):
         import decord
     except ImportError:
         return None
+    decord.logging.set_level(decord.logging.QUIET)      # ffmpeg's own log lines
     try:
-        return fn(decord.VideoReader(str(path), ctx=decord.cpu(0)))
+        with _stderr_silenced():                          # decord's C++ "ERROR opening" line
+            return fn(decord.VideoReader(str(path), ctx=decord.cpu(0)))
     except Exception:  # decord raises its own DECORDError and RuntimeError types
         return None
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Send file descriptor 2 to /dev/null for the block (native libraries print there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def probe_video(path: str | os.PathLike) -> tuple[int, float, int, int]:
@@ -229,7 +247,12 @@ def probe_video(path: str | os.PathLike) -> tuple[int, float, int, int]:
             n = stream.frames or sum(1 for _ in container.decode(stream))
             return n, float(stream.average_rate or 8), stream.codec_context.height, stream.codec_context.width
     except (av.error.FFmpegError, IndexError, ValueError) as e:
-        raise ValueError(f"cannot decode {str(path)!r}: {str(e).splitlines()[0][:200]}") from None
+        raise ValueError(f"cannot decode {str(path)!r}: {_why(e)}") from None
+
+
+def _why(e: Exception) -> str:
+    """PyAV's reason without its errno and repeated path."""
+    return (getattr(e, "strerror", None) or str(e).splitlines()[0] or type(e).__name__)[:200]
 
 
 def read_frames(path: str | os.PathLike, indices) -> np.ndarray:
@@ -265,7 +288,7 @@ def _decode_av(path: Path, last: int | None = None) -> tuple[np.ndarray, float]:
                     break
             fps = float(stream.average_rate or 8)
     except (av.error.FFmpegError, IndexError, ValueError) as e:
-        raise ValueError(f"cannot decode {str(path)!r}: {str(e).splitlines()[0][:200]}") from None
+        raise ValueError(f"cannot decode {str(path)!r}: {_why(e)}") from None
     if not frames:
         raise ValueError(f"cannot decode {str(path)!r}: no frames")
     return np.stack(frames), fps

@@ -1,0 +1,214 @@
+"""Benchmark runners: `consistency()` scores one video's temporal consistency into a JSON-able record.
+
+    from vidiff.bench import consistency
+    record = consistency("out.mp4")                  # or a Video from VideoPipeline, or f h w 3 uint8
+    record["metrics"]["warping_error"]["value"]
+
+Flicker runs on every frame at the native fps (VBench). The flow-based metrics, SSIM, PSNR, tOF
+and CLIP run at a fixed analysis fps (default 8, every round(fps/8)-th frame, as VBench samples
+for dynamic degree), because consecutive-frame metrics reward high frame rates. A video whose
+flow never passes VBench's motion threshold is marked `static`: consistency scores are
+near-perfect for a still video by construction, and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics as M
+from .io import as_frames, read_video
+
+SCHEMA_ID = "vidiff.bench.consistency/1"
+
+_METRIC = {
+    "type": "object",
+    "required": ["value", "direction", "range", "reference"],
+    "properties": {
+        "value": {"type": ["number", "boolean", "null"]},
+        "direction": {"enum": ["higher", "lower", "none"]},
+        "range": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": ["number", "null"]}},
+        "reference": {"type": "string"},
+        "per_pair": {"type": "array", "items": {"type": ["number", "null"]}},
+        "params": {"type": "object"},
+    },
+}
+REPORT_SCHEMA = {                      # JSON Schema of one per-video record (README: "Consistency report")
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["schema", "video", "frames", "height", "width", "fps", "analysis", "static", "notes", "metrics"],
+    "properties": {
+        "schema": {"const": SCHEMA_ID},
+        "video": {"type": "string"},
+        "frames": {"type": "integer", "minimum": 1},
+        "height": {"type": "integer", "minimum": 1},
+        "width": {"type": "integer", "minimum": 1},
+        "fps": {"type": "number", "exclusiveMinimum": 0},
+        "analysis": {
+            "type": "object",
+            "required": ["fps", "interval", "frames", "flow"],
+            "properties": {"fps": {"type": "number"}, "interval": {"type": "integer", "minimum": 1},
+                           "frames": {"type": "integer"}, "flow": {"enum": list(M.FLOW_METHODS.values())}},
+        },
+        "static": {"type": "boolean"},
+        "notes": {"type": "array", "items": {"type": "string"}},
+        "metrics": {
+            "type": "object",
+            "required": ["temporal_flickering", "warping_error", "motion_magnitude", "dynamic_degree",
+                         "frame_ssim", "frame_psnr"],
+            "additionalProperties": _METRIC,
+        },
+    },
+}
+
+
+def _pairs(a) -> list:
+    return [round(float(v), 6) for v in np.asarray(a, dtype=np.float64)]
+
+
+def _entry(score: M.Score, direction: str, lo, hi, reference: str, **extra) -> dict:
+    value = score.value if isinstance(score.value, (bool, type(None))) else round(float(score.value), 6)
+    out = {"value": value, "direction": direction, "range": [lo, hi], "reference": reference}
+    out.update({k: (_pairs(v) if isinstance(v, np.ndarray) else v) for k, v in {**score.extra, **extra}.items()})
+    out["per_pair"] = _pairs(score.per_pair)
+    return out
+
+
+def _load(video, fps: float | None) -> tuple[np.ndarray, float, str]:
+    """Frames, fps and a name from a path, a `Video` (pipeline output) or an array."""
+    if isinstance(video, (str, os.PathLike)):
+        frames, native = read_video(video)
+        return frames, fps or native, str(video)
+    native = getattr(video, "fps", None)
+    return as_frames(video), float(fps or native or 8.0), "<frames>"
+
+
+def consistency(video, reference=None, fps: float | None = None, analysis_fps: float = 8.0,
+                flow: str = "dis", clip_model: str | os.PathLike | None = None) -> dict:
+    """Score one video (path, `Video` or `f h w 3` uint8) into a record matching `REPORT_SCHEMA`."""
+    if flow not in M.FLOW_METHODS:
+        raise ValueError(f"flow must be one of {list(M.FLOW_METHODS)}, got {flow!r}")
+    if not analysis_fps > 0:
+        raise ValueError(f"analysis fps must be > 0, got {analysis_fps}")
+    frames, fps, name = _load(video, fps)
+    f, h, w, _ = frames.shape
+    sampled, interval = M.sample_frames(frames, fps, analysis_fps)
+    fw, bw = M.flows(sampled, flow)
+    motion = M.motion_magnitude(fw)
+    dynamic = M.dynamic_degree(fw, h, w, len(sampled))
+    params = {"analysis_fps": round(fps / interval, 6)}
+    record = {
+        "schema": SCHEMA_ID, "video": name, "frames": int(f), "height": int(h), "width": int(w), "fps": float(fps),
+        "analysis": {"fps": round(fps / interval, 6), "interval": interval, "frames": len(sampled),
+                     "flow": M.FLOW_METHODS[flow]},
+        "metrics": {
+            "temporal_flickering": _entry(M.temporal_flickering(frames), "higher", 0, 1,
+                                          "VBench temporal flickering (Huang et al., CVPR 2024)",
+                                          params={"fps": float(fps), "resolution": "full"}),
+            "warping_error": _entry(M.warping_error(sampled, (fw, bw)), "lower", 0, 1,
+                                    "Lai et al., Learning Blind Video Temporal Consistency, ECCV 2018",
+                                    params={**params, "units": "[0,1] per-channel MSE",
+                                            "mask": "forward-backward occlusion + motion boundaries"}),
+            "motion_magnitude": _entry(motion, "none", 0, None, "mean / top-5% mean optical-flow magnitude",
+                                       params={**params, "units": "pixels per analysis frame"}),
+            "dynamic_degree": _entry(dynamic, "higher", 0, 1,
+                                     "VBench dynamic degree rule (Huang et al., CVPR 2024); OpenCV flow, not RAFT",
+                                     params=params),
+            "frame_ssim": _entry(M.frame_ssim(sampled), "higher", -1, 1, "SSIM, Wang et al. 2004", params=params),
+            "frame_psnr": _entry(M.frame_psnr(sampled), "higher", 0, M.PSNR_CAP, "PSNR (peak 255)",
+                                 params={**params, "identical_frames_db": M.PSNR_CAP}),
+        },
+    }
+    if reference is not None:
+        ref, ref_fps, ref_name = _load(reference, None)
+        ref_sampled, _ = M.sample_frames(ref, ref_fps, analysis_fps)
+        record["metrics"]["tof"] = _entry(M.tof(sampled, ref_sampled), "lower", 0, None,
+                                          "TecoGAN tOF (Chu et al., SIGGRAPH 2020), Farneback flow",
+                                          params={**params, "reference_video": ref_name})
+    if clip_model is not None:
+        record["metrics"]["clip_consistency"] = _entry(
+            M.clip_consistency(sampled, clip_model), "higher", -1, 1,
+            "CLIP image-embedding cosine of frames (consecutive pairs; all_pairs too)",
+            params={**params, "model": str(clip_model)})
+    notes = []
+    if len(sampled) < 2:
+        notes.append("a single analysis frame: the temporal metrics are undefined (null)")
+    static = bool(len(sampled) < 2 or dynamic.extra["pairs_moving"] == 0)
+    if static and len(sampled) >= 2:
+        notes.append(f"static: no frame pair moves more than {dynamic.extra['threshold_px']:.2f} px "
+                     "(top-5% flow), so flicker, warping error and SSIM are near-perfect by construction")
+    record["static"], record["notes"] = static, notes
+    return record
+
+
+# ---- reporting ------------------------------------------------------------------------------------
+COLUMNS = [("flicker^", "temporal_flickering", "{:.4f}"), ("warp_err_v", "warping_error", "{:.5f}"),
+           ("motion_px", "motion_magnitude", "{:.2f}"), ("dynamic", "dynamic_degree", "{}"),
+           ("ssim^", "frame_ssim", "{:.3f}"), ("psnr^", "frame_psnr", "{:.1f}"),
+           ("tOF_v", "tof", "{:.3f}"), ("clip^", "clip_consistency", "{:.4f}")]
+
+
+def table(records: list[dict]) -> str:
+    """A plain-text summary table: one row per video; ^ higher is better, v lower is better."""
+    cols = [c for c in COLUMNS if any(c[1] in r["metrics"] for r in records)]
+    head = ["video", "frames"] + [c[0] for c in cols] + ["note"]
+    rows = []
+    for r in records:
+        cells = [Path(r["video"]).name if r["video"] != "<frames>" else r["video"], str(r["frames"])]
+        for _, key, fmt in cols:
+            v = r["metrics"].get(key, {}).get("value")
+            cells.append("-" if v is None else fmt.format(v))
+        cells.append("STATIC: barely moves, so high consistency is expected" if r["static"] and r["frames"] > 1 else "")
+        rows.append(cells)
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    fmt_row = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()   # noqa: E731
+    return "\n".join([fmt_row(head), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in rows])
+
+
+def plot(records: list[dict], path: str | os.PathLike) -> Path:
+    """Per-pair curves (flicker, warping error, motion, SSIM) of every video in one PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"plot path must end in .png, got {str(path)!r}")
+    keys = [("temporal_flickering", "flicker (per pair, native fps)"), ("warping_error", "warping error"),
+            ("motion_magnitude", "mean flow (px)"), ("frame_ssim", "SSIM")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    for ax, (key, title) in zip(axes, keys):
+        for r in records:
+            ax.plot(r["metrics"][key]["per_pair"], label=Path(r["video"]).name, lw=1.2)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("frame pair")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_json(obj, path: str | os.PathLike) -> Path:
+    """Write JSON atomically (temp file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
