@@ -62,7 +62,11 @@ def _generate(args: argparse.Namespace) -> None:
     if out.exists() and output_kind(out) == "folder" and any(out.iterdir()):
         raise UsageError(f"-o {out}: folder exists and is not empty")
     if args.model is None:
-        raise UsageError("--model is required (a vidiff model folder; `python -m vidiff.testing DIR` makes a tiny random one)")
+        from .pipeline import DEFAULT_MODEL
+
+        if not (DEFAULT_MODEL / "model_index.json").exists():
+            raise UsageError(f"the default model is not installed at {DEFAULT_MODEL}; pass --model DIR")
+        args.model = str(DEFAULT_MODEL)
     if not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: folder does not exist")
     image = None
@@ -167,6 +171,39 @@ def _bench_consistency(args: argparse.Namespace) -> int:
     return 2 if errors else 0
 
 
+def _bench_shapes(args: argparse.Namespace) -> None:
+    from .io import check_writable
+
+    for flag, path, suffix in (("--json", args.json, ".json"), ("--sheet", args.sheet, ".png")):
+        if path is not None:
+            if not str(path).lower().endswith(suffix):
+                raise UsageError(f"{flag} {path}: must end in {suffix}")
+            check_writable(path)
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    import torch
+
+    from .bench import shapes_benchmark, shapes_table, write_json
+    from .pipeline import VideoPipeline
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    pipe = VideoPipeline.from_pretrained(args.model, dtype=dtype)
+    result = shapes_benchmark(pipe, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
+                              i2v_clips=args.i2v_clips, progress=not args.quiet, sheet=args.sheet)
+    print(f"model {result['model']}: {args.steps} steps, guidance {pipe.defaults.get('guidance_scale', 7.5) if args.guidance is None else args.guidance}, "
+          f"{args.seeds} seeds, {result['seconds_per_t2v_video']:.1f} s per 16-frame video ({args.dtype})")
+    print(shapes_table(result))
+    print(f"mean flicker {result['flicker_mean']:.4f}; first frame kept exactly in image-to-video: "
+          f"{result['i2v']['first_frame_kept']:.0%}")
+    if args.json is not None:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.sheet is not None:
+        print(f"wrote {args.sheet}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = Parser(prog="vidiff", description="Image diffusion models extended to video.")
@@ -175,13 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="text-to-video (or image-to-video with --image)")
     gen.add_argument("prompt", help="what the video shows")
     gen.add_argument("-o", "--output", default="out.mp4", help="output: .mp4, .gif, .png (one frame) or a folder")
-    gen.add_argument("--model", default=None, help="model folder (diffusers layout)")
+    gen.add_argument("--model", default=None, help="model folder (diffusers layout; default: the shipped shapes-64 model)")
     gen.add_argument("--frames", type=int, default=16, help="number of frames (1 = an image)")
     gen.add_argument("--height", type=int, default=None, help="pixels; a multiple of the model's factor")
     gen.add_argument("--width", type=int, default=None, help="pixels; a multiple of the model's factor")
     gen.add_argument("--fps", type=float, default=None, help="frame rate of the output (default: the model's)")
     gen.add_argument("--steps", type=int, default=25, help="sampling steps")
-    gen.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's, else 7.5)")
     gen.add_argument("--negative-prompt", default=None, help="what to steer away from")
     gen.add_argument("--seed", type=int, default=None, help="random seed (same seed, same video)")
     gen.add_argument("--sampler", default="ddim", choices=["ddim", "euler", "euler_ancestral", "dpmpp_2m"])
@@ -234,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     cons.add_argument("--fps", type=float, default=None, help="override the videos' native frame rate")
     cons.add_argument("--flow", default="dis", choices=["dis", "farneback"], help="OpenCV optical flow (default DIS)")
     cons.set_defaults(run=_bench_consistency)
+
+    shp = bench_sub.add_parser("shapes", help="prompt faithfulness of a shapes model (colour, shape, motion read from pixels)")
+    shp.add_argument("--model", default=None, help="model folder (default: the shipped shapes-64 model)")
+    shp.add_argument("--seeds", type=int, default=3, help="seeds per prompt (default 3)")
+    shp.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    shp.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    shp.add_argument("--i2v-clips", type=int, default=12, help="dataset clips animated / extended (default 12)")
+    shp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    shp.add_argument("--json", default=None, help="write the full result (every video) to this .json")
+    shp.add_argument("--sheet", default=None, help="write a contact sheet of generated videos to this .png")
+    shp.add_argument("--quiet", action="store_true", help="no progress bar")
+    shp.set_defaults(run=_bench_shapes)
     return p
 
 

@@ -66,6 +66,9 @@ def load_frames(source) -> np.ndarray:
     return as_frames(source)
 
 
+DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "shapes-64"   # shipped, trained by vidiff's recipe
+
+
 class VideoPipeline:
     """UNet + text encoder + noise schedule + codec, with the generation modes as methods."""
 
@@ -80,8 +83,13 @@ class VideoPipeline:
 
     # ---- folders -----------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", dtype=torch.float32) -> "VideoPipeline":
-        """Load a diffusers-layout model folder; nothing is fetched from a hub."""
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "cpu",
+                        dtype=torch.float32) -> "VideoPipeline":
+        """Load a diffusers-layout model folder (default: the shipped shapes-64 model); nothing is fetched from a hub."""
+        if path is None:
+            path = DEFAULT_MODEL
+            if not (path / "model_index.json").exists():
+                raise FileNotFoundError(f"the default model is not installed at {path}; pass a model folder")
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
@@ -94,13 +102,18 @@ class VideoPipeline:
         text = TextEncoder.from_pretrained(path)
         schedule = NoiseSchedule.from_pretrained(path / "scheduler")
         codec = load_codec(vidiff.get("codec"), path)
-        return cls(unet, text, schedule, codec, vidiff.get("defaults")).to(device, dtype)
+        pipe = cls(unet, text, schedule, codec, vidiff.get("defaults")).to(device, dtype)
+        pipe.source = str(path)
+        return pipe
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write the model folder (`model_index.json`, `unet/`, `text_encoder/`, `tokenizer/`, `scheduler/`)."""
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write the model folder (`model_index.json`, `unet/`, `text_encoder/`, `tokenizer/`, `scheduler/`).
+
+        `dtype` (e.g. torch.float16) stores the UNet weights smaller; they load back into any dtype.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.unet.save_pretrained(path / "unet")
+        self.unet.save_pretrained(path / "unet", dtype=dtype)
         self.text_encoder.save_pretrained(path)
         self.schedule.save_pretrained(path / "scheduler")
         if isinstance(self.codec, VaeCodec):
@@ -157,11 +170,12 @@ class VideoPipeline:
     # ---- generation --------------------------------------------------------------------------
     def __call__(self, prompt: str = "", negative_prompt: str | None = None, num_frames: int | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 25,
-                 guidance_scale=7.5, sampler: str = "ddim", eta: float = 0.0, seed: int | None = None,
+                 guidance_scale=None, sampler: str = "ddim", eta: float = 0.0, seed: int | None = None,
                  generator: torch.Generator | None = None, mode: str = "all", chunk: int = 16, context: int = 4,
                  fps: float | None = None, given: dict | None = None, progress: bool = True) -> Video:
         """Generate a video (or an image when num_frames=1). `given` maps frame index -> image."""
         fps = fps or self.defaults["fps"]
+        guidance_scale = self.defaults.get("guidance_scale", 7.5) if guidance_scale is None else guidance_scale
         f, h, w = self.check_args(num_frames, height, width, num_inference_steps, sampler, mode, chunk,
                                   context, guidance_scale, fps)
         g = generator or torch.Generator(device="cpu").manual_seed(

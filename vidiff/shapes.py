@@ -134,3 +134,66 @@ def make_shapes_dataset(out: str | os.PathLike, clips: int = 1000, seed: int = 0
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, out / "metadata.jsonl")
     return out
+
+
+# ---- reading a clip back: what colour, shape and motion does it show? --------------------------------
+def _hue(rgb: np.ndarray) -> np.ndarray:
+    """Hue in degrees [0, 360) and saturation, value in [0, 1] of `... 3` uint8 pixels."""
+    x = rgb.astype(np.float64) / 255
+    mx, mn = x.max(-1), x.min(-1)
+    d = np.where(mx - mn == 0, 1e-9, mx - mn)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    h = np.where(mx == r, (g - b) / d % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) * 60
+    s = np.where(mx == 0, 0, (mx - mn) / np.where(mx == 0, 1, mx))
+    return h % 360, s, mx
+
+
+COLOR_HUES = {name: float(_hue(np.array(rgb, np.uint8))[0]) for name, rgb in COLORS.items()}
+
+
+def object_mask(frame: np.ndarray) -> np.ndarray:
+    """Pixels of the shape: saturated and bright, where the background is a dim grey."""
+    _, s, v = _hue(frame)
+    return (s > 0.4) & (v > 0.35)
+
+
+def detect(frames: np.ndarray, still_px: float = None) -> dict:
+    """Colour, shape and motion of the object in a clip `f h w 3`, read from pixels (None if no object).
+
+    Colour: nearest reference hue to the median hue of object pixels. Shape: how much of its
+    bounding box the object fills (square ~1, circle ~0.79, triangle ~0.5). Motion: centroid
+    displacement from the first to the last quarter of the clip; below `still_px` (default 6% of
+    the frame size) it is "still".
+    """
+    f, h, w, _ = frames.shape
+    still_px = 0.06 * min(h, w) if still_px is None else still_px
+    masks = [object_mask(fr) for fr in frames]
+    areas = np.array([m.sum() for m in masks])
+    out = {"color": None, "shape": None, "motion": None, "found": bool((areas >= 6).mean() >= 0.5)}
+    if not out["found"]:
+        return out
+    hues = np.concatenate([_hue(fr[m])[0] for fr, m in zip(frames, masks) if m.sum() >= 6])
+    ang = np.deg2rad(hues)                                         # circular median ~ circular mean here
+    mean_hue = np.rad2deg(np.arctan2(np.sin(ang).mean(), np.cos(ang).mean())) % 360
+    dist = {c: min(abs(mean_hue - hh), 360 - abs(mean_hue - hh)) for c, hh in COLOR_HUES.items()}
+    out["color"] = min(dist, key=dist.get)
+    fills = []
+    for m in masks:
+        if m.sum() >= 20:
+            ys, xs = np.nonzero(m)
+            fills.append(m.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)))
+    if fills:
+        fill = float(np.median(fills))
+        out["shape"] = "square" if fill > 0.88 else "circle" if fill > 0.64 else "triangle"
+    cents = np.array([np.argwhere(m).mean(0) if m.sum() >= 6 else (np.nan, np.nan) for m in masks])
+    q = max(1, f // 4)
+    start, end = np.nanmean(cents[:q], 0), np.nanmean(cents[-q:], 0)
+    dy, dx = end - start
+    if np.isnan([dy, dx]).any() or max(abs(dx), abs(dy)) < still_px:
+        out["motion"] = "still"
+    elif abs(dx) >= abs(dy):
+        out["motion"] = "right" if dx > 0 else "left"
+    else:
+        out["motion"] = "down" if dy > 0 else "up"
+    out["displacement_px"] = [round(float(dx), 2), round(float(dy), 2)]
+    return out

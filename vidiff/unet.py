@@ -337,14 +337,18 @@ class UNet(nn.Module):
         return rearrange(inp, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write `config.json` and `diffusion_pytorch_model.safetensors` into folder `path` (atomically)."""
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write `config.json` and `diffusion_pytorch_model.safetensors` into folder `path` (atomically).
+
+        `dtype` casts floating-point weights on the way out (e.g. float16 halves the file).
+        """
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         cfg = {"_class_name": "VidiffUNet", **asdict(self.config)}
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        cast = (lambda v: v.to(dtype) if dtype is not None and v.is_floating_point() else v)   # noqa: E731
+        state = {k: cast(v.detach()).contiguous().cpu() for k, v in self.state_dict().items()}
         _atomic(path / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
         _atomic(path / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2) + "\n"))
 
