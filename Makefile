@@ -14,8 +14,7 @@ install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	mkdir -p out
-	$(PY) -m vidiff.testing out/tiny-random-model
-	$(VENV)/bin/vidiff generate "a red circle moving right" --model out/tiny-random-model --seed 0 -o out/demo.mp4
+	$(VENV)/bin/vidiff generate "a red circle moving right" --seed 0 -o out/demo.mp4
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -152,9 +152,19 @@ COLOR_HUES = {name: float(_hue(np.array(rgb, np.uint8))[0]) for name, rgb in COL
 
 
 def object_mask(frame: np.ndarray) -> np.ndarray:
-    """Pixels of the shape: saturated and bright, where the background is a dim grey."""
-    _, s, v = _hue(frame)
-    return (s > 0.4) & (v > 0.35)
+    """Pixels of the shape: saturated and bright (the background is a dim grey).
+
+    A 3x3 median filter first and the largest connected blob last, so that pixel noise in a
+    generated frame (which is saturated too) does not count as object.
+    """
+    import cv2
+
+    _, s, v = _hue(cv2.medianBlur(np.ascontiguousarray(frame), 3))
+    mask = ((s > 0.4) & (v > 0.35)).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return mask.astype(bool)
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
 def detect(frames: np.ndarray, still_px: float = None) -> dict:
