@@ -129,16 +129,23 @@ def _train(args: argparse.Namespace) -> None:
               + (f"; skipped {len(result['skipped'])} unreadable files" if result["skipped"] else ""))
 
 
-def _bench_consistency(args: argparse.Namespace) -> int:
-    from types import SimpleNamespace
+def _check_outputs(*outputs) -> None:
+    """Each optional (flag, path, suffix) output: the right suffix and a writable folder, before any work."""
+    from .io import check_writable
 
-    from .io import check_writable, read_video
-
-    for flag, path, suffix in (("--json", args.json, ".json"), ("--plot", args.plot, ".png")):
+    for flag, path, suffix in outputs:
         if path is not None:
             if not str(path).lower().endswith(suffix):
                 raise UsageError(f"{flag} {path}: must end in {suffix}")
             check_writable(path)
+
+
+def _bench_consistency(args: argparse.Namespace) -> int:
+    from types import SimpleNamespace
+
+    from .io import read_video
+
+    _check_outputs(("--json", args.json, ".json"), ("--plot", args.plot, ".png"))
     if not args.analysis_fps > 0:
         raise UsageError(f"--analysis-fps must be > 0, got {args.analysis_fps}")
     if args.clip_model is not None and not os.path.isdir(args.clip_model):
@@ -172,13 +179,7 @@ def _bench_consistency(args: argparse.Namespace) -> int:
 
 
 def _bench_shapes(args: argparse.Namespace) -> None:
-    from .io import check_writable
-
-    for flag, path, suffix in (("--json", args.json, ".json"), ("--sheet", args.sheet, ".png")):
-        if path is not None:
-            if not str(path).lower().endswith(suffix):
-                raise UsageError(f"{flag} {path}: must end in {suffix}")
-            check_writable(path)
+    _check_outputs(("--json", args.json, ".json"), ("--sheet", args.sheet, ".png"))
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.steps < 1:
