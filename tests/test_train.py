@@ -215,3 +215,15 @@ def test_resume_into_a_folder_of_another_model_is_a_clear_error(data, tmp_path):
         train(cfg_for(data, tmp_path, "train.steps=2", "model.block_out_channels=[32, 32]"), progress=False)
     done = train(cfg_for(data, tmp_path, "train.steps=1"), progress=False)    # finished run: just re-exports
     assert done["step"] == 1
+
+
+def test_skipped_files_are_counted_in_the_training_log(data, tmp_path):
+    import shutil
+
+    folder = tmp_path / "clips"
+    shutil.copytree(data / "clips", folder)
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "notes.mp4").write_text("not a video")
+    result = train(cfg_for(folder, tmp_path / "run", "train.steps=1", "train.log_every=1"), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["skipped_files"] == 2 and len(result["skipped"]) == 2
