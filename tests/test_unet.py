@@ -34,9 +34,9 @@ def per_frame(fn, x, t, ctx):
     return torch.stack([fn(x[:, :, i:i + 1], t, ctx)[:, :, 0] for i in range(x.shape[2])], dim=2)
 
 
-@pytest.mark.parametrize("f", [1, 2, 5, 16])
-def test_inflated_vidiff_unet_equals_image_unet_per_frame(f):
-    image = image_unet()
+@pytest.mark.parametrize("f,pooled", [(1, False), (2, False), (5, True), (16, False)])
+def test_inflated_vidiff_unet_equals_image_unet_per_frame(f, pooled):
+    image = image_unet(pooled_text=pooled)
     video = inflate(image).eval()
     x, t, ctx = torch.randn(2, 4, f, 16, 16), torch.tensor([3, 700]), torch.randn(2, 5, CTX)
     with torch.no_grad():
@@ -297,3 +297,20 @@ def test_backward_with_frozen_spatial_layers():
     grads = [p.grad for n, p in model.named_parameters() if is_temporal_key(n)]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
     assert all(p.grad is None for n, p in model.named_parameters() if not is_temporal_key(n))
+
+
+def test_pooled_text_reaches_every_resblock_and_only_through_the_prompt():
+    """pooled_text adds an MLP of the mean text state to the timestep embedding."""
+    model = image_unet(pooled_text=True)
+    assert hasattr(model, "text_embedding") and not hasattr(image_unet(), "text_embedding")
+    x, t = torch.randn(1, 4, 1, 16, 16), torch.tensor([500])
+    ctx = torch.randn(1, 5, CTX)
+    with torch.no_grad():
+        base = model(x, t, ctx)
+        # same mean state, tokens reordered: cross-attention is order-free without positions, so equal
+        assert torch.allclose(model(x, t, ctx.flip(1)), base, atol=1e-5)
+        moved = model(x, t, ctx + 0.5)                 # a different prompt changes the output
+        model.text_embedding.linear_2.weight.zero_(), model.text_embedding.linear_2.bias.zero_()
+        silent = model(x, t, ctx)
+    assert (moved - base).abs().max() > 1e-3
+    assert (silent - base).abs().max() > 1e-4          # the pooled path contributed

@@ -49,6 +49,8 @@ class UNetConfig:
     temporal_heads: int = 8                   # heads of the temporal attention (capped by width)
     temporal_attention_everywhere: bool = False  # also temporal attention at attention-free levels
     frame_conditioning: bool = False          # extra inputs [cond * mask, mask] for i2v/continuation
+    pooled_text: bool = False                 # add an MLP of the mean text state to the timestep
+                                              # embedding: the prompt reaches every ResBlock
     # --- runtime (saved, but safe to change after loading) ---
     attention_backend: str = "sdpa"           # sdpa | xformers | math | auto
     gradient_checkpointing: bool = False      # recompute blocks in backward to save memory
@@ -180,6 +182,8 @@ class UNet(nn.Module):
             self.frame_cond_in = nn.Conv2d(cfg.in_channels + 1, ch[0], 3, padding=1, bias=False)
             nn.init.zeros_(self.frame_cond_in.weight)
         self.time_embedding = TimestepEmbedding(ch[0], temb_dim)
+        if cfg.pooled_text:
+            self.text_embedding = TimestepEmbedding(cfg.cross_attention_dim, temb_dim)
 
         self.down_blocks = nn.ModuleList()
         cprev = ch[0]
@@ -279,6 +283,8 @@ class UNet(nn.Module):
         temb = timestep_embedding(t.expand(f, b).T if t.ndim == 1 else t, cfg.block_out_channels[0],
                                   cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = self.time_embedding(rearrange(temb, "b f d -> (b f) d").to(x.dtype))     # (b f) d
+        if cfg.pooled_text:
+            temb = temb + self.text_embedding(ctx.mean(1).to(x.dtype)).repeat_interleave(f, 0)
 
         xf = rearrange(x, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
         if torch.is_grad_enabled() and not xf.requires_grad and not self.conv_in.weight.requires_grad \
