@@ -69,7 +69,7 @@ def test_default_model_draws_the_prompted_colour(pipe):
                                  ("cyan", "circle", "down"), ("blue", "square", "still"), ("purple", "triangle", "left")]:
         video = pipe(caption(color, shape, motion), seed=0, progress=False)
         hits += detect(video.frames)["color"] == color
-    assert hits >= 4, hits          # chance is 1 in 6; `vidiff bench shapes` measures the full accuracy
+    assert hits >= 5, hits          # chance is 1 in 6 (the shipped model got 6 of 6); `vidiff bench shapes` measures the full accuracy
 
 
 def test_detector_tolerates_pixel_noise():
