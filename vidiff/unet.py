@@ -51,6 +51,9 @@ class UNetConfig:
     frame_conditioning: bool = False          # extra inputs [cond * mask, mask] for i2v/continuation
     pooled_text: bool = False                 # add an MLP of the mean text state to the timestep
                                               # embedding: the prompt reaches every ResBlock
+    temporal_text: bool = False               # a second such MLP, zero-initialised and counted as a
+                                              # temporal layer: a text path for motion that the image
+                                              # stage never trained to ignore (used when f > 1)
     # --- runtime (saved, but safe to change after loading) ---
     attention_backend: str = "sdpa"           # sdpa | xformers | math | auto
     gradient_checkpointing: bool = False      # recompute blocks in backward to save memory
@@ -184,6 +187,10 @@ class UNet(nn.Module):
         self.time_embedding = TimestepEmbedding(ch[0], temb_dim)
         if cfg.pooled_text:
             self.text_embedding = TimestepEmbedding(cfg.cross_attention_dim, temb_dim)
+        if cfg.temporal and cfg.temporal_text:
+            self.temporal_text_embedding = TimestepEmbedding(cfg.cross_attention_dim, temb_dim)
+            nn.init.zeros_(self.temporal_text_embedding.linear_2.weight)
+            nn.init.zeros_(self.temporal_text_embedding.linear_2.bias)
 
         self.down_blocks = nn.ModuleList()
         cprev = ch[0]
@@ -285,6 +292,8 @@ class UNet(nn.Module):
         temb = self.time_embedding(rearrange(temb, "b f d -> (b f) d").to(x.dtype))     # (b f) d
         if cfg.pooled_text:
             temb = temb + self.text_embedding(ctx.mean(1).to(x.dtype)).repeat_interleave(f, 0)
+        if cfg.temporal and cfg.temporal_text and f > 1:
+            temb = temb + self.temporal_text_embedding(ctx.mean(1).to(x.dtype)).repeat_interleave(f, 0)
 
         xf = rearrange(x, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
         if torch.is_grad_enabled() and not xf.requires_grad and not self.conv_in.weight.requires_grad \
@@ -379,7 +388,8 @@ class UNet(nn.Module):
 
 def is_temporal_key(name: str) -> bool:
     """True for parameters that the image UNet does not have (temporal layers, frame-cond input)."""
-    return ".temp_convs." in name or ".temp_attentions." in name or name.startswith("frame_cond_in.")
+    return (".temp_convs." in name or ".temp_attentions." in name or name.startswith("frame_cond_in.")
+            or name.startswith("temporal_text_embedding."))
 
 
 def _atomic(dest: Path, write) -> None:
