@@ -299,7 +299,7 @@ def test_backward_with_frozen_spatial_layers():
     assert all(p.grad is None for n, p in model.named_parameters() if not is_temporal_key(n))
 
 
-def test_pooled_text_reaches_every_resblock_and_only_through_the_prompt():
+def test_pooled_text_path_contributes_and_ignores_token_order():
     """pooled_text adds an MLP of the mean text state to the timestep embedding."""
     model = image_unet(pooled_text=True)
     assert hasattr(model, "text_embedding") and not hasattr(image_unet(), "text_embedding")

@@ -290,10 +290,11 @@ class UNet(nn.Module):
         temb = timestep_embedding(t.expand(f, b).T if t.ndim == 1 else t, cfg.block_out_channels[0],
                                   cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = self.time_embedding(rearrange(temb, "b f d -> (b f) d").to(x.dtype))     # (b f) d
-        if cfg.pooled_text:
-            temb = temb + self.text_embedding(ctx.mean(1).to(x.dtype)).repeat_interleave(f, 0)
-        if cfg.temporal and cfg.temporal_text and f > 1:
-            temb = temb + self.temporal_text_embedding(ctx.mean(1).to(x.dtype)).repeat_interleave(f, 0)
+        text_paths = [m for m, on in ((getattr(self, "text_embedding", None), True),
+                                      (getattr(self, "temporal_text_embedding", None), f > 1)) if m is not None and on]
+        if text_paths:                       # pooled text: once per sample, then to each of its frames
+            pooled = ctx.mean(1).to(x.dtype)
+            temb = temb + sum(m(pooled) for m in text_paths).repeat_interleave(f, 0)
 
         xf = rearrange(x, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
         if torch.is_grad_enabled() and not xf.requires_grad and not self.conv_in.weight.requires_grad \
