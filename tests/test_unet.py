@@ -46,23 +46,25 @@ def test_inflated_vidiff_unet_equals_image_unet_per_frame(f, pooled):
     assert (out - ref).abs().max() < 1e-5
 
 
-def diffusers_unet(linear_projection=False):
+def diffusers_unet(linear_projection=False, scale_shift=False):
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(1)
     return diffusers.UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=CTX,
-        attention_head_dim=2, norm_num_groups=32, use_linear_projection=linear_projection).eval()
+        attention_head_dim=2, norm_num_groups=32, use_linear_projection=linear_projection,
+        resnet_time_scale_shift="scale_shift" if scale_shift else "default").eval()
 
 
 def diffusers_per_frame(d, x, t, ctx):
     return torch.stack([d(x[:, :, i], t, ctx).sample for i in range(x.shape[2])], dim=2)
 
 
-@pytest.mark.parametrize("linear_projection", [False, True], ids=["sd1", "sd2"])
-def test_inflated_diffusers_unet_matches_diffusers_per_frame(linear_projection):
-    d = diffusers_unet(linear_projection)
+@pytest.mark.parametrize("linear_projection,scale_shift", [(False, False), (True, False), (False, True)],
+                         ids=["sd1", "sd2", "scale-shift"])
+def test_inflated_diffusers_unet_matches_diffusers_per_frame(linear_projection, scale_shift):
+    d = diffusers_unet(linear_projection, scale_shift)
     video = inflate(d).eval()
     ctx = torch.randn(2, 7, CTX)
     t = torch.tensor([10, 500])
@@ -331,3 +333,21 @@ def test_temporal_text_path_starts_at_zero_and_is_a_temporal_layer():
         base = video(x, t, ctx)
         video.temporal_text_embedding.linear_2.weight.zero_(), video.temporal_text_embedding.linear_2.bias.zero_()
         assert (video(x, t, ctx) - base).abs().max() > 1e-4
+
+
+def test_scale_shift_resblock_matches_diffusers():
+    """time_scale_shift ResBlocks compute what diffusers' ResnetBlock2D(time_embedding_norm='scale_shift') does."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from vidiff.layers import ResBlock
+
+    ref = ResnetBlock2D(in_channels=32, out_channels=64, temb_channels=48, groups=8,
+                        time_embedding_norm="scale_shift").eval()
+    ours = ResBlock(32, 64, 48, groups=8, eps=1e-6, scale_shift=True).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    ours.load_state_dict(ref.state_dict())
+    x, temb = torch.randn(2, 32, 8, 8), torch.randn(2, 48)
+    with torch.no_grad():
+        assert (ours(x, temb) - ref(x, temb)).abs().max() < 1e-5

@@ -23,7 +23,7 @@ _UP = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
 _MUST_BE = {
     "only_cross_attention": (False, None), "dual_cross_attention": (False, None),
     "class_embed_type": (None,), "addition_embed_type": (None,), "encoder_hid_dim": (None,),
-    "time_embedding_type": ("positional", None), "resnet_time_scale_shift": ("default", None),
+    "time_embedding_type": ("positional", None), "resnet_time_scale_shift": ("default", "scale_shift", None),
     "time_cond_proj_dim": (None,), "conv_in_kernel": (3, None), "conv_out_kernel": (3, None),
     "center_input_sample": (False, None), "act_fn": ("silu", None), "downsample_padding": (1, None),
     "mid_block_type": ("UNetMidBlock2DCrossAttn", None), "resnet_skip_time_act": (False, None),
@@ -69,7 +69,8 @@ def config_from_diffusers(d: dict) -> UNetConfig:
         linear_projection=bool(d.get("use_linear_projection", False)),
         norm_num_groups=d.get("norm_num_groups", 32), norm_eps=d.get("norm_eps", 1e-5),
         flip_sin_to_cos=d.get("flip_sin_to_cos", True), freq_shift=d.get("freq_shift", 0),
-        dropout=d.get("dropout", 0.0), temporal=False)
+        dropout=d.get("dropout", 0.0), time_scale_shift=d.get("resnet_time_scale_shift") == "scale_shift",
+        temporal=False)
 
 
 def config_from_state_dict(sd: dict, num_heads: int | tuple | None = None) -> UNetConfig:

@@ -87,14 +87,19 @@ class TimestepEmbedding(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, with the time embedding added in between (per frame)."""
+    """GroupNorm-SiLU-conv twice, with the time embedding added in between (per frame).
+
+    `scale_shift` (diffusers' `resnet_time_scale_shift="scale_shift"`): the embedding gives a scale
+    and a shift applied after the second GroupNorm, so the condition is not normalised away.
+    """
 
     def __init__(self, cin: int, cout: int, temb_dim: int, groups: int = 32, eps: float = 1e-5,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, scale_shift: bool = False):
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_dim, cout)
+        self.time_emb_proj = nn.Linear(temb_dim, 2 * cout if scale_shift else cout)
         self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
@@ -103,8 +108,13 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         """x: `(b f) c h w`, temb: `(b f) d`."""
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        emb = self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = emb.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + emb)
+        h = self.conv2(self.dropout(F.silu(h)))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return skip + h
 

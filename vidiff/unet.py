@@ -44,6 +44,9 @@ class UNetConfig:
     flip_sin_to_cos: bool = True              # timestep embedding layout (SD: True)
     freq_shift: float = 0.0                   # timestep embedding frequency shift (SD: 0)
     dropout: float = 0.0
+    time_scale_shift: bool = False            # ResBlocks take scale and shift from the embedding after
+                                              # their 2nd GroupNorm (diffusers "scale_shift"), not a bias
+                                              # before it that the norm partly removes
     # --- video ---
     temporal: bool = True                     # add temporal conv + attention (False: image UNet)
     temporal_heads: int = 8                   # heads of the temporal attention (capped by width)
@@ -110,7 +113,7 @@ class Level(nn.Module):
         super().__init__()
         g, temporal = cfg.norm_num_groups, cfg.temporal
         self.resnets = nn.ModuleList(
-            [ResBlock(c, cout, temb_dim, g, cfg.norm_eps, cfg.dropout) for c in cins])
+            [ResBlock(c, cout, temb_dim, g, cfg.norm_eps, cfg.dropout, cfg.time_scale_shift) for c in cins])
         self.attentions = nn.ModuleList(
             [SpatialTransformer(cout, heads, cfg.cross_attention_dim, cfg.transformer_depth, g,
                                 cfg.linear_projection, cfg.dropout) for _ in cins]) if attn else None
@@ -142,7 +145,7 @@ class MidBlock(nn.Module):
     def __init__(self, cfg: UNetConfig, temb_dim: int):
         super().__init__()
         c, g = cfg.block_out_channels[-1], cfg.norm_num_groups
-        self.resnets = nn.ModuleList([ResBlock(c, c, temb_dim, g, cfg.norm_eps, cfg.dropout) for _ in range(2)])
+        self.resnets = nn.ModuleList([ResBlock(c, c, temb_dim, g, cfg.norm_eps, cfg.dropout, cfg.time_scale_shift) for _ in range(2)])
         self.attentions = nn.ModuleList([SpatialTransformer(
             c, cfg.num_heads[-1], cfg.cross_attention_dim, cfg.transformer_depth, g,
             cfg.linear_projection, cfg.dropout)]) if cfg.mid_attention else None
