@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from vidiff.data import ClipDataset  # noqa: E402
 from vidiff.pipeline import VideoPipeline  # noqa: E402
 from vidiff.schedule import per_frame  # noqa: E402
+from vidiff.train import Objective  # noqa: E402
 
 SWAP = {"left": "right", "right": "left", "up": "down", "down": "up", "still": "still"}
 
@@ -83,11 +84,11 @@ def main(argv=None) -> int:
             loss -= sum(excess[k] for k in keys) / len(keys) * (1 - ab).mean().item()
         return loss
 
-    def model(captions):
-        ctx = pipe.text_encoder(captions).float()
-        kw = {"cond": torch.zeros_like(x0), "cond_mask": torch.zeros(b, f)} if unet.config.frame_conditioning else {}
+    objective = Objective(unet, schedule)
+
+    def model(captions):                # the training loss, no frame given
         with torch.no_grad():
-            return ((unet(x_t, t, ctx, **kw).float() - target) ** 2).mean().item()
+            return objective.loss(x0, pipe.text_encoder(captions).float(), t, noise, torch.zeros(b, f)).item()
 
     right = model([c for *_, c in held])
     swapped = model([" ".join(c.split()[:-1] + [SWAP[c.split()[-1]]]) for *_, c in held])

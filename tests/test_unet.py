@@ -318,23 +318,6 @@ def test_pooled_text_path_contributes_and_ignores_token_order():
     assert (silent - base).abs().max() > 1e-4          # the pooled path contributed
 
 
-def test_temporal_text_path_starts_at_zero_and_is_a_temporal_layer():
-    """temporal_text: a zero-init pooled-text MLP added at inflation; identity holds, then it conditions."""
-    image = image_unet(pooled_text=True)
-    video = inflate(image, temporal_text=True).eval()
-    names = [n for n, _ in video.temporal_parameters()]
-    assert any(n.startswith("temporal_text_embedding.") for n in names)
-    x, t, ctx = torch.randn(1, 4, 3, 16, 16), torch.tensor([500]), torch.randn(1, 5, CTX)
-    with torch.no_grad():
-        assert (video(x, t, ctx) - per_frame(image, x, t, ctx)).abs().max() < 1e-5
-        perturb_temporal(video)
-        one = video(x[:, :, :1], t, ctx)                       # one frame: the temporal path is off
-        assert (one - image(x[:, :, :1], t, ctx)).abs().max() < 1e-5
-        base = video(x, t, ctx)
-        video.temporal_text_embedding.linear_2.weight.zero_(), video.temporal_text_embedding.linear_2.bias.zero_()
-        assert (video(x, t, ctx) - base).abs().max() > 1e-4
-
-
 def test_scale_shift_resblock_matches_diffusers():
     """time_scale_shift ResBlocks compute what diffusers' ResnetBlock2D(time_embedding_norm='scale_shift') does."""
     from diffusers.models.resnet import ResnetBlock2D

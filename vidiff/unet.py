@@ -54,9 +54,6 @@ class UNetConfig:
     frame_conditioning: bool = False          # extra inputs [cond * mask, mask] for i2v/continuation
     pooled_text: bool = False                 # add an MLP of the mean text state to the timestep
                                               # embedding: the prompt reaches every ResBlock
-    temporal_text: bool = False               # a second such MLP, zero-initialised and counted as a
-                                              # temporal layer: a text path for motion that the image
-                                              # stage never trained to ignore (used when f > 1)
     # --- runtime (saved, but safe to change after loading) ---
     attention_backend: str = "sdpa"           # sdpa | xformers | math | auto
     gradient_checkpointing: bool = False      # recompute blocks in backward to save memory
@@ -190,10 +187,6 @@ class UNet(nn.Module):
         self.time_embedding = TimestepEmbedding(ch[0], temb_dim)
         if cfg.pooled_text:
             self.text_embedding = TimestepEmbedding(cfg.cross_attention_dim, temb_dim)
-        if cfg.temporal and cfg.temporal_text:
-            self.temporal_text_embedding = TimestepEmbedding(cfg.cross_attention_dim, temb_dim)
-            nn.init.zeros_(self.temporal_text_embedding.linear_2.weight)
-            nn.init.zeros_(self.temporal_text_embedding.linear_2.bias)
 
         self.down_blocks = nn.ModuleList()
         cprev = ch[0]
@@ -293,11 +286,8 @@ class UNet(nn.Module):
         temb = timestep_embedding(t.expand(f, b).T if t.ndim == 1 else t, cfg.block_out_channels[0],
                                   cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = self.time_embedding(rearrange(temb, "b f d -> (b f) d").to(x.dtype))     # (b f) d
-        text_paths = [m for m, on in ((getattr(self, "text_embedding", None), True),
-                                      (getattr(self, "temporal_text_embedding", None), f > 1)) if m is not None and on]
-        if text_paths:                       # pooled text: once per sample, then to each of its frames
-            pooled = ctx.mean(1).to(x.dtype)
-            temb = temb + sum(m(pooled) for m in text_paths).repeat_interleave(f, 0)
+        if cfg.pooled_text:                  # pooled text: once per sample, then to each of its frames
+            temb = temb + self.text_embedding(ctx.mean(1).to(x.dtype)).repeat_interleave(f, 0)
 
         xf = rearrange(x, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
         if torch.is_grad_enabled() and not xf.requires_grad and not self.conv_in.weight.requires_grad \
@@ -392,8 +382,7 @@ class UNet(nn.Module):
 
 def is_temporal_key(name: str) -> bool:
     """True for parameters that the image UNet does not have (temporal layers, frame-cond input)."""
-    return (".temp_convs." in name or ".temp_attentions." in name or name.startswith("frame_cond_in.")
-            or name.startswith("temporal_text_embedding."))
+    return ".temp_convs." in name or ".temp_attentions." in name or name.startswith("frame_cond_in.")
 
 
 def _atomic(dest: Path, write) -> None:
