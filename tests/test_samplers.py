@@ -101,6 +101,36 @@ def test_scheduler_config_round_trip(tmp_path):
     assert NoiseSchedule.from_pretrained(tmp_path / "d").beta_schedule == "squaredcos_cap_v2"
 
 
+def test_terminal_snr_rescale_is_diffusers_zero_snr_at_zero():
+    """rescale_terminal_snr(., 0) is diffusers' rescale_zero_terminal_snr (Lin et al. 2023)."""
+    from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
+
+    from vidiff.schedule import rescale_terminal_snr
+
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    ref = torch.cumprod(1 - rescale_zero_terminal_snr(betas), 0)
+    torch.testing.assert_close(rescale_terminal_snr(torch.cumprod(1 - betas, 0), 0.0), ref, rtol=0, atol=1e-9)
+
+
+def test_terminal_snr_schedule_ends_at_that_snr_and_round_trips(tmp_path):
+    base = dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type="v_prediction")
+    plain, low = NoiseSchedule(**base), NoiseSchedule(**base, terminal_snr=1e-8)
+    ac = low.alphas_cumprod
+    assert abs(float(ac[-1] / (1 - ac[-1])) / 1e-8 - 1) < 1e-6         # the asked-for SNR at the top
+    assert float(ac[0]) == pytest.approx(float(plain.alphas_cumprod[0]), abs=1e-12)  # the bottom stays
+    assert bool((ac[1:] < ac[:-1]).all())                              # still a noising schedule
+    assert float(ac[500].sqrt()) == pytest.approx(float(plain.alphas_cumprod[500].sqrt()), rel=0.03)
+    assert torch.isfinite(low.sigmas(25)).all() and float(low.sigmas(25)[0]) == pytest.approx(1e4, rel=1e-4)
+    low.save_pretrained(tmp_path)
+    back = NoiseSchedule.from_pretrained(tmp_path)
+    assert back == low and torch.equal(back.alphas_cumprod, ac)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="terminal_snr must be in"):
+            NoiseSchedule(**base, terminal_snr=bad)
+    with pytest.raises(ValueError, match="not below the schedule's own last SNR"):
+        NoiseSchedule(**base, terminal_snr=1e-2)
+
+
 @pytest.mark.parametrize("name", list(SAMPLERS))
 @pytest.mark.parametrize("per_frame", [False, True])
 def test_oracle_denoiser_lands_on_the_data(name, per_frame):

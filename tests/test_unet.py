@@ -334,3 +334,34 @@ def test_scale_shift_resblock_matches_diffusers():
     x, temb = torch.randn(2, 32, 8, 8), torch.randn(2, 48)
     with torch.no_grad():
         assert (ours(x, temb) - ref(x, temb)).abs().max() < 1e-5
+
+
+def test_frame_position_starts_inert_then_gives_frames_an_order():
+    """frame_position: inflation stays exact; once trained, equal frames differ by their place and prompt."""
+    image = image_unet(pooled_text=True)
+    video = inflate(image, frame_position=True).eval()
+    x, t, ctx = torch.randn(1, 4, 4, 16, 16), torch.tensor([600]), torch.randn(1, 5, CTX)
+    with torch.no_grad():
+        assert (video(x, t, ctx) - per_frame(image, x, t, ctx)).abs().max() < 1e-5
+        for p in video.frame_embedding.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        same = x[:, :, :1].expand(-1, -1, 4, -1, -1)         # four identical frames
+        out = video(same, t, ctx)
+        other = video(same, t, ctx + 0.5)
+    assert (out[:, :, 0] - out[:, :, -1]).abs().max() > 1e-3  # first and last frame are told apart
+    # ... and how they differ depends on the prompt (the hook for "moving left" vs "moving right")
+    assert ((out[:, :, -1] - out[:, :, 0]) - (other[:, :, -1] - other[:, :, 0])).abs().max() > 1e-3
+    assert is_temporal_key("frame_embedding.linear_1.weight")
+
+
+def test_frame_position_can_be_added_when_fine_tuning_a_video_model(tmp_path):
+    """A train.init video model gains frame_position through model overrides, unchanged at first."""
+    from vidiff.train import _with_overrides
+
+    video = perturb_temporal(inflate(image_unet(pooled_text=True))).eval()
+    grown = _with_overrides(video, {"frame_position": True}).eval()
+    x, t, ctx = torch.randn(1, 4, 3, 16, 16), torch.tensor([400]), torch.randn(1, 5, CTX)
+    with torch.no_grad():
+        assert (grown(x, t, ctx) - video(x, t, ctx)).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="do not fit"):
+        _with_overrides(video, {"block_out_channels": [64, 64]})

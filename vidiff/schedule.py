@@ -33,6 +33,25 @@ def per_frame(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"noise level must have shape (), (b,) or (b, f), got {tuple(s.shape)}")
 
 
+def rescale_terminal_snr(alphas_cumprod: torch.Tensor, snr: float) -> torch.Tensor:
+    """Map sqrt(alphas_cumprod) linearly so the first stays and the last has signal-to-noise `snr`.
+
+    With `snr=0` this is diffusers' `rescale_zero_terminal_snr` (Lin et al. 2023). A small positive
+    `snr` keeps the top sigma finite. Why it matters for video: at the top of an ordinary schedule a
+    clip still carries a little signal, and over many frames and pixels that is enough to place the
+    object, so the model learns to read its trajectory from the noise instead of from the prompt.
+    """
+    if not 0 <= snr < 1:
+        raise ValueError(f"terminal_snr must be in [0, 1), got {snr}")
+    s = alphas_cumprod.sqrt()
+    target = math.sqrt(snr / (1 + snr))                                   # sqrt(a) at SNR a/(1-a) = snr
+    if target >= s[-1]:
+        raise ValueError(f"terminal_snr={snr} is not below the schedule's own last SNR "
+                         f"{float(alphas_cumprod[-1] / (1 - alphas_cumprod[-1])):.3g}")
+    s = (s - s[-1]) * (s[0] - target) / (s[0] - s[-1]) + target
+    return s ** 2
+
+
 @dataclass
 class NoiseSchedule:
     """A DDPM noise schedule; fields are diffusers' `scheduler_config.json` keys."""
@@ -45,6 +64,9 @@ class NoiseSchedule:
     timestep_spacing: str = "trailing"        # leading | linspace | trailing (sampling grid)
     steps_offset: int = 0                     # added to "leading" timesteps (SD configs use 1)
     set_alpha_to_one: bool = True             # DDIM: the last step lands on sigma=0
+    terminal_snr: float | None = None         # rescale sqrt(alphas_cumprod) linearly (Lin et al. 2023)
+                                              # so the last timestep has this SNR, e.g. 1e-8: near zero,
+                                              # yet a finite sigma for the samplers. None: as the betas give
 
     def __post_init__(self):
         if self.beta_schedule not in BETA_SCHEDULES:
@@ -53,6 +75,9 @@ class NoiseSchedule:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.timestep_spacing not in SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {self.timestep_spacing!r}")
+        if self.terminal_snr is not None and not 0 < self.terminal_snr < 1:
+            raise ValueError(f"terminal_snr must be in (0, 1) (0 would make the top sigma infinite), "
+                             f"got {self.terminal_snr}")
         if self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
         T = self.num_train_timesteps
@@ -65,6 +90,8 @@ class NoiseSchedule:
             betas = torch.tensor([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)],
                                  dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)                      # (T,) float64
+        if self.terminal_snr is not None:
+            self.alphas_cumprod = rescale_terminal_snr(self.alphas_cumprod, self.terminal_snr)
         self.sigmas_table = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
 
     # ---- config -------------------------------------------------------------------------

@@ -103,10 +103,16 @@ def _with_overrides(unet: UNet, overrides: dict) -> UNet:
     """Rebuild `unet` with config overrides that keep its weights (e.g. attention backend)."""
     new = UNet(asdict(unet.config), **overrides)
     try:
-        new.load_state_dict(unet.state_dict())
+        missing, unexpected = new.load_state_dict(unet.state_dict(), strict=False)
     except RuntimeError as e:
         raise ValueError(f"model overrides {overrides} do not fit train.init's weights: "
                          f"{str(e).splitlines()[0]}") from None
+    # layers that an override adds (frame_position, temporal layers) start as identities; any
+    # other mismatch means the overrides change the shape of what was trained
+    bad = [k for k in missing if not is_temporal_key(k)] + list(unexpected)
+    if bad:
+        raise ValueError(f"model overrides {overrides} do not fit train.init's weights: {bad[0]!r} "
+                         f"{'is missing' if bad[0] in missing else 'is not used'}")
     return new
 
 

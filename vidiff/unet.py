@@ -54,6 +54,9 @@ class UNetConfig:
     frame_conditioning: bool = False          # extra inputs [cond * mask, mask] for i2v/continuation
     pooled_text: bool = False                 # add an MLP of the mean text state to the timestep
                                               # embedding: the prompt reaches every ResBlock
+    frame_position: bool = False              # add an MLP of (frame index in the window, mean text state)
+                                              # to each frame's timestep embedding: an arrow of time the
+                                              # prompt can act on ("right" = left early, right late)
     # --- runtime (saved, but safe to change after loading) ---
     attention_backend: str = "sdpa"           # sdpa | xformers | math | auto
     gradient_checkpointing: bool = False      # recompute blocks in backward to save memory
@@ -187,6 +190,11 @@ class UNet(nn.Module):
         self.time_embedding = TimestepEmbedding(ch[0], temb_dim)
         if cfg.pooled_text:
             self.text_embedding = TimestepEmbedding(cfg.cross_attention_dim, temb_dim)
+        if cfg.frame_position:
+            # zero output layer: a model that gains it (inflation, fine-tuning) starts unchanged
+            self.frame_embedding = TimestepEmbedding(ch[0] + cfg.cross_attention_dim, temb_dim)
+            nn.init.zeros_(self.frame_embedding.linear_2.weight)
+            nn.init.zeros_(self.frame_embedding.linear_2.bias)
 
         self.down_blocks = nn.ModuleList()
         cprev = ch[0]
@@ -288,6 +296,11 @@ class UNet(nn.Module):
         temb = self.time_embedding(rearrange(temb, "b f d -> (b f) d").to(x.dtype))     # (b f) d
         if cfg.pooled_text:                  # pooled text: once per sample, then to each of its frames
             temb = temb + self.text_embedding(ctx.mean(1).to(x.dtype)).repeat_interleave(f, 0)
+        if cfg.frame_position:               # frame i of the window (0 = first), with the prompt
+            pos = timestep_embedding(torch.arange(f, device=x.device, dtype=torch.float32),
+                                     cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+            pos = torch.cat([pos.to(x.dtype).repeat(b, 1), ctx.mean(1).to(x.dtype).repeat_interleave(f, 0)], 1)
+            temb = temb + self.frame_embedding(pos)
 
         xf = rearrange(x, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
         if torch.is_grad_enabled() and not xf.requires_grad and not self.conv_in.weight.requires_grad \
@@ -382,7 +395,8 @@ class UNet(nn.Module):
 
 def is_temporal_key(name: str) -> bool:
     """True for parameters that the image UNet does not have (temporal layers, frame-cond input)."""
-    return ".temp_convs." in name or ".temp_attentions." in name or name.startswith("frame_cond_in.")
+    return (".temp_convs." in name or ".temp_attentions." in name or name.startswith("frame_cond_in.")
+            or name.startswith("frame_embedding."))
 
 
 def _atomic(dest: Path, write) -> None:
