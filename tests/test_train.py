@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from vidiff.config import load_config
 from vidiff.data import ClipDataset
 from vidiff.shapes import make_shapes_dataset
-from vidiff.train import Objective, build_models, draw, latest_checkpoint, train
+from vidiff.train import Objective, build_models, check, draw, latest_checkpoint, train
 from vidiff.unet import UNet, is_temporal_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,3 +227,18 @@ def test_skipped_files_are_counted_in_the_training_log(data, tmp_path):
     result = train(cfg_for(folder, tmp_path / "run", "train.steps=1", "train.log_every=1"), progress=False)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["skipped_files"] == 2 and len(result["skipped"]) == 2
+
+
+def test_high_noise_fraction_moves_clips_to_the_top_levels(tmp_path):
+    """train.high_noise_fraction: that share of clips (one level per video) from the top tenth."""
+    from vidiff.schedule import NoiseSchedule
+
+    schedule, x0 = NoiseSchedule(), torch.zeros(4000, 1, 3, 2, 2)
+    for frac in (0.0, 0.5):
+        cfg = cfg_for(tmp_path, tmp_path / "o", f"train.high_noise_fraction={frac}")
+        t, *_ = draw(x0, cfg, schedule, torch.Generator().manual_seed(0), True)
+        assert (t == t[:, :1]).all()                                    # frames of a clip share it
+        top = (t[:, 0] >= 900).float().mean().item()
+        assert abs(top - (0.1 + 0.9 * frac)) < 0.03
+    with pytest.raises(ValueError, match="train.high_noise_fraction must be in"):
+        check(cfg_for(tmp_path, tmp_path / "o", "train.high_noise_fraction=1.5"))

@@ -59,6 +59,8 @@ class TrainConfig:
     mixed_precision: str = "no"        # no | bf16 | fp16 (bf16 is the fast one on CPUs with AMX)
     ema_decay: float = 0.999           # 0 disables EMA; warmed up as min(decay, (1+n)/(10+n))
     text_dropout: float = 0.1          # chance a caption is replaced by "" (classifier-free guidance)
+    high_noise_fraction: float = 0.0   # chance a clip's noise level comes from the top tenth of the
+                                       # schedule, where a video's layout is chosen (else uniform)
     cond_first: float = 0.0            # chance a clip is conditioned on its first frame (image-to-video)
     cond_prefix: float = 0.0           # ... on its first k frames, k in 1..max_prefix (continuation)
     cond_first_last: float = 0.0       # ... on its first and last frames (interpolation)

@@ -128,7 +128,7 @@ def check(cfg: Config) -> None:
     for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
         if getattr(t, name) < 1:
             raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-    for name in ("text_dropout", "cond_first", "cond_prefix", "cond_first_last", "ema_decay"):
+    for name in ("text_dropout", "high_noise_fraction", "cond_first", "cond_prefix", "cond_first_last", "ema_decay"):
         if not 0 <= getattr(t, name) <= 1:
             raise ValueError(f"train.{name} must be in [0, 1], got {getattr(t, name)}")
     if t.cond_first + t.cond_prefix + t.cond_first_last > 1:
@@ -179,6 +179,11 @@ def draw(x0: torch.Tensor, cfg: Config, schedule: NoiseSchedule, g: torch.Genera
         t = torch.randint(0, schedule.num_train_timesteps, (b, 1), generator=g).expand(b, f)
     else:      # frames are independent images: one level each
         t = torch.randint(0, schedule.num_train_timesteps, (b, f), generator=g)
+    if t_cfg.high_noise_fraction > 0:   # some clips (or frames) from the top tenth of the levels
+        T = schedule.num_train_timesteps
+        shape = (b, 1) if video else (b, f)                            # a video's frames share one level
+        top = torch.randint(T - T // 10, T, shape, generator=g).expand(b, f)
+        t = torch.where(torch.rand(shape, generator=g) < t_cfg.high_noise_fraction, top, t)
     noise = torch.randn(x0.shape, generator=g)
     mask = torch.zeros(b, f)
     u = torch.rand(b, generator=g)
