@@ -60,11 +60,16 @@ inputs. It was trained by vidiff's own public recipe on a CPU, offline, from ran
   Spatial attention runs where `attention_levels` is true ({list(m["attention_levels"])}, at 16x16 / 8x8 / 4x4), and
   temporal conv + RoPE temporal attention at every level. Frame-conditioning inputs. `pooled_text`: the mean
   text state goes through an MLP into the timestep embedding, so the prompt reaches every ResBlock, not
-  only the cross-attention. The pixel codec unshuffles 4x4 blocks to 48 channels at 16x16.
+  only the cross-attention. `frame_position` (video stage): an MLP of each frame's index in the window and the mean
+  text state, added to that frame's timestep embedding, so the temporal layers have an arrow of time. The pixel codec unshuffles 4x4 blocks to 48 channels at 16x16.
   Text comes from a {t.dim}-wide CLIP text model with {t.layers} transformer layers (token + position
   embeddings, random and frozen) over a word-level tokenizer. The schedule is DDPM linear betas with
-  v-prediction. The UNet weights are stored in float16.
+  v-prediction; the video stage rescales its top to SNR {vid_cfg.schedule.get('terminal_snr', 'unchanged')} (`terminal_snr`, Lin et al. 2023), so
+  the noise at the top no longer shows where the object is. The UNet weights are stored in float16.
 - **Defaults**: 16 frames, 64x64, 8 fps, guidance {res['guidance'] if res['guidance'] is not None else 'from model_index.json (5)'}, {res['steps']} DDIM steps.
+  Text-to-video is **first frame first**: the model makes frame 0 as an image (a one-frame video), then animates
+  it with the same prompt through its image-to-video path (`first_frame_first`, stored in model_index.json;
+  `vidiff generate --no-first-frame-first` samples all frames at once).
 
 ## Recipe (`examples/train_default_model.sh`)
 1. `vidiff data shapes --out data/shapes --clips 2000 --seed 0`: 2000 clips of 24 frames, leaving out the 6 held-out
@@ -73,8 +78,8 @@ inputs. It was trained by vidiff's own public recipe on a CPU, offline, from ran
    {img_cfg.train.mixed_precision} autocast, lr {img_cfg.train.lr:g} {img_cfg.train.lr_schedule}. Took {img_s} s.
 3. `vidiff train configs/shapes-video.yaml`: inflates stage 1 and trains all weights for {vid['step']} steps, batch
    {tv.batch_size} × {vid_cfg.data.num_frames}-frame clips, lr {tv.lr:g} {tv.lr_schedule}, with frame-conditioning masks
-   (first frame {tv.cond_first:.0%}, first k ≤ {tv.max_prefix} frames {tv.cond_prefix:.0%}, first + last {tv.cond_first_last:.0%})
-   and text dropout {tv.text_dropout:.0%}. Took {vid_s} s.
+   (first frame {tv.cond_first:.0%}, first k ≤ {tv.max_prefix} frames {tv.cond_prefix:.0%}, first + last {tv.cond_first_last:.0%}),
+   text dropout {tv.text_dropout:.0%}, and {tv.high_noise_fraction:.0%} of clips drawn from the top tenth of the noise levels. Took {vid_s} s.
 
 The whole recipe took **{total_min:.0f} minutes** on the 2-core CPU of the build machine (the limit is 150).
 {args.remark}

@@ -1,6 +1,6 @@
 """Copy a trained shapes model into the package as the default model (fp16 UNet weights, < 30 MB).
 
-    python examples/ship_default_model.py runs/shapes-video/model [--guidance 4.0]
+    python examples/ship_default_model.py runs/shapes-video/model [--guidance 4.0] [--first-frame-first]
 
 The model card (vidiff/weights/shapes-64/README.md) is written afterwards from the benchmark:
     vidiff bench shapes --json runs/bench-shapes.json --sheet docs/shapes-sheet.png
@@ -18,9 +18,13 @@ from vidiff.pipeline import DEFAULT_MODEL, VideoPipeline  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("source", help="trained model folder (train.output_dir/model)")
+p.add_argument("--first-frame-first", action="store_true",
+               help="text-to-video generates frame 0 first, then animates it (stored as the model's default)")
 p.add_argument("--guidance", type=float, default=None, help="default guidance scale stored with the model")
 args = p.parse_args()
 pipe = VideoPipeline.from_pretrained(args.source)
+if args.first_frame_first:
+    pipe.defaults["first_frame_first"] = True
 if args.guidance is not None:
     pipe.defaults["guidance_scale"] = args.guidance
 card = DEFAULT_MODEL / "README.md"

@@ -256,3 +256,17 @@ def test_write_interrupted_mid_file_leaves_nothing(tmp_path, monkeypatch):
         write_video(np.zeros((2, 8, 8, 3), np.uint8), tmp_path / "keep.mp4")
     assert sorted(os.listdir(tmp_path)) == ["keep.mp4"]
     assert (tmp_path / "keep.mp4").read_bytes() == b"previous good file"
+
+
+def test_first_frame_first_is_the_image_then_image_to_video(tmp_path):
+    """first_frame_first: frame 0 is exactly the image the same seed makes, the rest animate it."""
+    pipe = tiny_pipeline(frame_conditioning=True)
+    kw = dict(num_frames=4, num_inference_steps=3, seed=7, progress=False)
+    image = pipe("a red circle", **{**kw, "num_frames": 1}).frames[0]
+    video = pipe("a red circle", first_frame_first=True, **kw).frames
+    assert video.shape[0] == 4 and np.array_equal(video[0], image)
+    assert not np.array_equal(video, pipe("a red circle", **kw).frames)     # off by default
+    pipe.defaults["first_frame_first"] = True                              # or the model's default
+    assert np.array_equal(pipe("a red circle", **kw).frames, video)
+    with pytest.raises(ValueError, match="needs a model with frame_conditioning"):
+        tiny_pipeline(frame_conditioning=False)("a red circle", first_frame_first=True, **kw)

@@ -90,7 +90,7 @@ def _generate(args: argparse.Namespace) -> None:
                   context=args.context, fps=args.fps)
     t0 = time.perf_counter()
     if image is None:
-        video = pipe(args.prompt, **kwargs)        # validates every argument before any work
+        video = pipe(args.prompt, first_frame_first=args.first_frame_first, **kwargs)  # validates every argument first
     else:
         kwargs["height"], kwargs["width"] = args.height or image.shape[0], args.width or image.shape[1]
         if image.shape[:2] != (kwargs["height"], kwargs["width"]):
@@ -227,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--chunk", type=int, default=16, help="frames per window in autoregressive mode")
     gen.add_argument("--context", type=int, default=4, help="frames carried into each new window")
     gen.add_argument("--image", default=None, help="first frame (image-to-video)")
+    gen.add_argument("--first-frame-first", action=argparse.BooleanOptionalAction, default=None,
+                     help="text-to-video as frame 0 first, then image-to-video from it "
+                          "(default: the model's setting; shapes-64: on)")
     gen.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     gen.set_defaults(run=_generate)

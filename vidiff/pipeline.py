@@ -172,19 +172,33 @@ class VideoPipeline:
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 25,
                  guidance_scale=None, sampler: str = "ddim", eta: float = 0.0, seed: int | None = None,
                  generator: torch.Generator | None = None, mode: str = "all", chunk: int = 16, context: int = 4,
-                 fps: float | None = None, given: dict | None = None, progress: bool = True) -> Video:
-        """Generate a video (or an image when num_frames=1). `given` maps frame index -> image."""
+                 fps: float | None = None, given: dict | None = None, progress: bool = True,
+                 first_frame_first: bool | None = None) -> Video:
+        """Generate a video (or an image when num_frames=1). `given` maps frame index -> image.
+
+        `first_frame_first` (default: the model's `defaults`, else False) makes text-to-video two
+        steps of the same model: frame 0 as an image, then image-to-video from it (factorised
+        generation, as in Emu Video). The image fixes where the object is; the prompt then only has
+        to choose where it goes, which a frame-conditioned model learns far more easily.
+        """
         fps = fps or self.defaults["fps"]
         guidance_scale = self.defaults.get("guidance_scale", 7.5) if guidance_scale is None else guidance_scale
         f, h, w = self.check_args(num_frames, height, width, num_inference_steps, sampler, mode, chunk,
                                   context, guidance_scale, fps)
         g = generator or torch.Generator(device="cpu").manual_seed(
             int(torch.randint(0, 2 ** 31, ()).item()) if seed is None else seed)
-        known = self._encode_given(given or {}, f, h, w)
+        if first_frame_first is None:
+            first_frame_first = bool(self.defaults.get("first_frame_first", False))
+        if first_frame_first and not self.unet.config.frame_conditioning:
+            raise ValueError("first_frame_first=True needs a model with frame_conditioning (image-to-video); "
+                             "this one has none")
         ctx = self._text(prompt, negative_prompt, guidance_scale)
         run = dict(ctx=ctx, steps=num_inference_steps, guidance=guidance_scale, sampler=sampler, eta=eta,
                    generator=g, progress=progress)
         shape = (1, self.codec.channels, f, h // self.codec.factor, w // self.codec.factor)
+        if first_frame_first and f > 1 and not given:
+            given = {0: self._decode(self._window((*shape[:2], 1, *shape[3:]), None, **run))[0]}
+        known = self._encode_given(given or {}, f, h, w)
         if mode == "all" or chunk >= f:
             latents = self._window(shape, known, **run)
         else:
