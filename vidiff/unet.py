@@ -294,13 +294,13 @@ class UNet(nn.Module):
         temb = timestep_embedding(t.expand(f, b).T if t.ndim == 1 else t, cfg.block_out_channels[0],
                                   cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = self.time_embedding(rearrange(temb, "b f d -> (b f) d").to(x.dtype))     # (b f) d
+        pooled = ctx.mean(1).to(x.dtype)
         if cfg.pooled_text:                  # pooled text: once per sample, then to each of its frames
-            temb = temb + self.text_embedding(ctx.mean(1).to(x.dtype)).repeat_interleave(f, 0)
-        if cfg.frame_position:               # frame i of the window (0 = first), with the prompt
-            pos = timestep_embedding(torch.arange(f, device=x.device, dtype=torch.float32),
-                                     cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
-            pos = torch.cat([pos.to(x.dtype).repeat(b, 1), ctx.mean(1).to(x.dtype).repeat_interleave(f, 0)], 1)
-            temb = temb + self.frame_embedding(pos)
+            temb = temb + self.text_embedding(pooled).repeat_interleave(f, 0)
+        if cfg.frame_position:               # frame i of the window (0 = first; an image is frame 0), with the prompt
+            pos = timestep_embedding(torch.arange(f, device=x.device), cfg.block_out_channels[0],
+                                     cfg.flip_sin_to_cos, cfg.freq_shift).to(x.dtype)
+            temb = temb + self.frame_embedding(torch.cat([pos.repeat(b, 1), pooled.repeat_interleave(f, 0)], 1))
 
         xf = rearrange(x, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
         if torch.is_grad_enabled() and not xf.requires_grad and not self.conv_in.weight.requires_grad \
