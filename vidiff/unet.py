@@ -18,8 +18,9 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (ATTENTION_BACKENDS, Downsample, ResBlock, SpatialTransformer, TemporalAttention, TemporalConv,
-                     TimestepEmbedding, Upsample, resolve_backend, timestep_embedding)
+from .layers import (ATTENTION_BACKENDS, Downsample, ResBlock, SpatialTransformer, TimestepEmbedding, Upsample,
+                     resolve_backend, timestep_embedding)
+from .temporal import build_stem, get_family
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -48,8 +49,14 @@ class UNetConfig:
                                               # their 2nd GroupNorm (diffusers "scale_shift"), not a bias
                                               # before it that the norm partly removes
     # --- video ---
-    temporal: bool = True                     # add temporal conv + attention (False: image UNet)
-    temporal_heads: int = 8                   # heads of the temporal attention (capped by width)
+    temporal: bool = True                     # add temporal layers (False: image UNet)
+    temporal_family: str = "vidiff"           # vidiff | animatediff | modelscope (vidiff/temporal.py)
+    temporal_heads: int = 8                   # heads of the temporal attention (vidiff: capped by width;
+                                              # animatediff: the motion modules' heads, exactly)
+    temporal_layers: int = 1                  # transformer blocks per temporal transformer (community families)
+    motion_max_seq_length: int = 32           # animatediff: frames in the positional table (v1: 24)
+    motion_mid_block: bool = True             # animatediff: a motion module in the middle block (v2)
+    transformer_in_head_dim: int = 64         # modelscope: head width of transformer_in (8 heads)
     temporal_attention_everywhere: bool = False  # also temporal attention at attention-free levels
     frame_conditioning: bool = False          # extra inputs [cond * mask, mask] for i2v/continuation
     pooled_text: bool = False                 # add an MLP of the mean text state to the timestep
@@ -77,6 +84,7 @@ class UNetConfig:
                                  f"of norm_num_groups={self.norm_num_groups}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
+        get_family(self.temporal_family)
 
     @property
     def downsample_factor(self) -> int:
@@ -93,54 +101,62 @@ class UNetConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def _heads(channels: int, heads: int) -> int:
-    """Largest head count <= `heads` that divides `channels`."""
-    heads = max(1, min(heads, channels))
-    while channels % heads:
-        heads -= 1
-    return heads
-
-
 class Level(nn.Module):
-    """One resolution level: (ResBlock [+TemporalConv] [+SpatialTransformer] [+TemporalAttention]) x n.
+    """One resolution level: (ResBlock [+slot 1] [+SpatialTransformer] [+slot 2]) x n.
 
-    Down levels end in a downsampler; up levels in an upsampler, and there the caller concatenates
-    a skip connection from the down path before each ResBlock (hence the wider `cins`).
+    The two slots hold the temporal family's layers (vidiff/temporal.py). Down levels end in a
+    downsampler; up levels in an upsampler, and there the caller concatenates a skip connection
+    from the down path before each ResBlock (hence the wider `cins`).
     """
 
     def __init__(self, cfg: UNetConfig, cins: list[int], cout: int, heads: int, attn: bool,
                  temb_dim: int, sample: str | None):
         super().__init__()
-        g, temporal = cfg.norm_num_groups, cfg.temporal
+        g = cfg.norm_num_groups
         self.resnets = nn.ModuleList(
             [ResBlock(c, cout, temb_dim, g, cfg.norm_eps, cfg.dropout, cfg.time_scale_shift) for c in cins])
         self.attentions = nn.ModuleList(
             [SpatialTransformer(cout, heads, cfg.cross_attention_dim, cfg.transformer_depth, g,
                                 cfg.linear_projection, cfg.dropout) for _ in cins]) if attn else None
-        if temporal:
-            self.temp_convs = nn.ModuleList([TemporalConv(cout, g, cfg.norm_eps) for _ in cins])
-        if temporal and (attn or cfg.temporal_attention_everywhere):
-            th = _heads(cout, cfg.temporal_heads)
-            self.temp_attentions = nn.ModuleList([TemporalAttention(cout, th, g) for _ in cins])
+        self.slots = _add_slots(self, cfg, cout, heads, len(cins), len(cins) if attn else 0)
         if sample == "down":
             self.downsamplers = nn.ModuleList([Downsample(cout)])
         elif sample == "up":
             self.upsamplers = nn.ModuleList([Upsample(cout)])
 
     def unit(self, i: int, h: torch.Tensor, temb: torch.Tensor, ctx: torch.Tensor, f: int) -> torch.Tensor:
-        """ResBlock i with the layers that follow it."""
+        """ResBlock i of the level with the layers that follow it."""
+        conv, attn = self.slots if f > 1 else (None, None)
         h = self.resnets[i](h, temb)
-        if f > 1 and hasattr(self, "temp_convs"):
-            h = self.temp_convs[i](h, f)
+        if conv:
+            h = getattr(self, conv)[i](h, f)
         if self.attentions is not None:
             h = self.attentions[i](h, ctx, f)
-        if f > 1 and hasattr(self, "temp_attentions"):
-            h = self.temp_attentions[i](h, f)
+        if attn:
+            h = getattr(self, attn)[i](h, f)
         return h
 
 
+def _add_slots(module: nn.Module, cfg: UNetConfig, c: int, heads: int, n_conv: int, n_attn: int):
+    """Give `module` the family's temporal layers: `n_conv` for slot 1, `n_attn` (or one per unit
+    where the family or config puts them everywhere) for slot 2. Returns the two attribute names."""
+    if not cfg.temporal:
+        return None, None
+    fam = get_family(cfg.temporal_family)
+    names = [None, None]
+    if fam.conv and n_conv:
+        names[0] = fam.conv[0]
+        setattr(module, fam.conv[0], nn.ModuleList([fam.conv[1](cfg, c, heads) for _ in range(n_conv)]))
+    if fam.attn and (fam.attn_everywhere or cfg.temporal_attention_everywhere):
+        n_attn = max(n_attn, n_conv if isinstance(module, Level) else 1)
+    if fam.attn and n_attn:
+        names[1] = fam.attn[0]
+        setattr(module, fam.attn[0], nn.ModuleList([fam.attn[1](cfg, c, heads) for _ in range(n_attn)]))
+    return tuple(names)
+
+
 class MidBlock(nn.Module):
-    """ResBlock [+TemporalConv] -> SpatialTransformer [+TemporalAttention] -> ResBlock [+TemporalConv]."""
+    """ResBlock [+slot 1] -> SpatialTransformer [+slot 2] -> ResBlock [+slot 1]."""
 
     def __init__(self, cfg: UNetConfig, temb_dim: int):
         super().__init__()
@@ -149,24 +165,26 @@ class MidBlock(nn.Module):
         self.attentions = nn.ModuleList([SpatialTransformer(
             c, cfg.num_heads[-1], cfg.cross_attention_dim, cfg.transformer_depth, g,
             cfg.linear_projection, cfg.dropout)]) if cfg.mid_attention else None
-        if cfg.temporal:
-            self.temp_convs = nn.ModuleList([TemporalConv(c, g, cfg.norm_eps) for _ in range(2)])
-        if cfg.temporal and (cfg.mid_attention or cfg.temporal_attention_everywhere):
-            self.temp_attentions = nn.ModuleList([TemporalAttention(c, _heads(c, cfg.temporal_heads), g)])
+        fam = get_family(cfg.temporal_family)
+        n_attn = 1 if cfg.mid_attention else 0
+        if cfg.temporal_family == "animatediff" and not cfg.motion_mid_block:
+            n_attn = -1                                  # v1/v3: a plain image middle block
+        self.slots = _add_slots(self, cfg, c, cfg.num_heads[-1], 2 if fam.mid_conv else 0, max(n_attn, 0)) \
+            if n_attn >= 0 else (None, None)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor, ctx: torch.Tensor, f: int) -> torch.Tensor:
         """h: `(b f) c h w` -> same."""
-        temporal = f > 1 and hasattr(self, "temp_convs")
+        conv, attn = self.slots if f > 1 else (None, None)
         h = self.resnets[0](h, temb)
-        if temporal:
-            h = self.temp_convs[0](h, f)
+        if conv:
+            h = getattr(self, conv)[0](h, f)
         if self.attentions is not None:
             h = self.attentions[0](h, ctx, f)
-        if temporal and hasattr(self, "temp_attentions"):
-            h = self.temp_attentions[0](h, f)
+        if attn:
+            h = getattr(self, attn)[0](h, f)
         h = self.resnets[1](h, temb)
-        if temporal:
-            h = self.temp_convs[1](h, f)
+        if conv:
+            h = getattr(self, conv)[1](h, f)
         return h
 
 
@@ -187,6 +205,9 @@ class UNet(nn.Module):
             # [cond * mask, mask] -> added to conv_in's output; zero so it starts as "no condition".
             self.frame_cond_in = nn.Conv2d(cfg.in_channels + 1, ch[0], 3, padding=1, bias=False)
             nn.init.zeros_(self.frame_cond_in.weight)
+        stem = build_stem(cfg)
+        if stem is not None:
+            self.transformer_in = stem
         self.time_embedding = TimestepEmbedding(ch[0], temb_dim)
         if cfg.pooled_text:
             self.text_embedding = TimestepEmbedding(cfg.cross_attention_dim, temb_dim)
@@ -227,7 +248,9 @@ class UNet(nn.Module):
         self.set_attention_backend(cfg.attention_backend)
         # Channels-last feature maps: convolutions run ~1.4x (fp32) to 2x (bf16) faster on CPU
         # and the spatial transformer's `c h w -> (h w) c` becomes a view instead of a copy.
-        self.to(memory_format=torch.channels_last)
+        for m in self.modules():                  # (ModelScope's 5-D frame-conv weights stay as they are)
+            if isinstance(m, nn.Conv2d):
+                m.to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------------------------------
     def set_attention_backend(self, backend: str) -> None:
@@ -266,6 +289,10 @@ class UNet(nn.Module):
         if h % m or w % m:
             raise ValueError(f"height and width must be multiples of {m} (the UNet downsamples "
                              f"{len(cfg.block_out_channels) - 1} times), got {h}x{w}")
+        if cfg.temporal and cfg.temporal_family == "animatediff" and f > cfg.motion_max_seq_length:
+            raise ValueError(f"num_frames={f} exceeds the motion module's positional table of "
+                             f"{cfg.motion_max_seq_length} frames; use mode='autoregressive' with chunk <= "
+                             f"{cfg.motion_max_seq_length}")
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(b)
@@ -313,6 +340,8 @@ class UNet(nn.Module):
         if cond is not None or cond_mask is not None:
             c_in = self._cond_input(cond, cond_mask, x)                              # checks first
             h = h + self.frame_cond_in(c_in)
+        if f > 1 and hasattr(self, "transformer_in"):
+            h = self.transformer_in(h, f)
 
         run = self._runner()
         skips = [h]
@@ -395,8 +424,8 @@ class UNet(nn.Module):
 
 def is_temporal_key(name: str) -> bool:
     """True for parameters that the image UNet does not have (temporal layers, frame-cond input)."""
-    return (".temp_convs." in name or ".temp_attentions." in name or name.startswith("frame_cond_in.")
-            or name.startswith("frame_embedding."))
+    return (".temp_convs." in name or ".temp_attentions." in name or ".motion_modules." in name
+            or name.startswith(("frame_cond_in.", "frame_embedding.", "transformer_in.")))
 
 
 def _atomic(dest: Path, write) -> None:
