@@ -61,7 +61,8 @@ def test_trajectory_matches_diffusers(name, cls, kw, extra, prediction_type):
 
 @pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
 def test_timesteps_match_diffusers_ddim(spacing):
-    sch = diffusers.DDIMScheduler(timestep_spacing=spacing, steps_offset=1 if spacing == "leading" else 0)
+    sch = diffusers.DDIMScheduler(timestep_spacing=spacing, steps_offset=1 if spacing == "leading" else 0,
+                                  clip_sample=False)
     for n in (1, 7, 25, 50):
         sch.set_timesteps(n)
         ours = NoiseSchedule.from_config(dict(sch.config)).timesteps(n)
@@ -72,13 +73,13 @@ def test_timesteps_match_diffusers_ddim(spacing):
 
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
 def test_alphas_match_diffusers(beta_schedule):
-    sch = diffusers.DDPMScheduler(beta_schedule=beta_schedule)
+    sch = diffusers.DDPMScheduler(beta_schedule=beta_schedule, clip_sample=False)
     ours = NoiseSchedule.from_config(dict(sch.config))
     torch.testing.assert_close(ours.alphas_cumprod.float(), sch.alphas_cumprod, rtol=1e-5, atol=1e-6)
 
 
 def test_add_noise_and_targets_match_diffusers():
-    sch = diffusers.DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction")
+    sch = diffusers.DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction", clip_sample=False)
     ours = NoiseSchedule.from_config(dict(sch.config))
     x0, noise = torch.randn(3, 4, 2, 8, 8), torch.randn(3, 4, 2, 8, 8)
     t = torch.tensor([0, 500, 999])
@@ -97,8 +98,14 @@ def test_scheduler_config_round_trip(tmp_path):
     sched.save_pretrained(tmp_path)
     assert NoiseSchedule.from_pretrained(tmp_path) == sched
     # a diffusers-written folder loads too
-    diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2").save_pretrained(tmp_path / "d")
+    diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False).save_pretrained(tmp_path / "d")
     assert NoiseSchedule.from_pretrained(tmp_path / "d").beta_schedule == "squaredcos_cap_v2"
+    # what vidiff writes loads into the diffusers class it names, with the same settings
+    sched = NoiseSchedule(class_name="EulerDiscreteScheduler", timestep_spacing="leading", steps_offset=1)
+    sched.save_pretrained(tmp_path / "e")
+    back = diffusers.EulerDiscreteScheduler.from_pretrained(tmp_path / "e")
+    assert back.config.timestep_spacing == "leading" and back.config.steps_offset == 1
+    assert NoiseSchedule.from_pretrained(tmp_path / "e") == sched
 
 
 def test_terminal_snr_rescale_is_diffusers_zero_snr_at_zero():
@@ -136,14 +143,16 @@ def test_terminal_snr_schedule_ends_at_that_snr_and_round_trips(tmp_path):
 def test_oracle_denoiser_lands_on_the_data(name, per_frame):
     target = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     sched = NoiseSchedule()
-    sigmas = sched.sigmas(20)
+    plan = sched.plan(20, name)
+    sigmas = plan.sigmas
+    kw = {"timesteps": plan.timesteps} if name == "lcm" else {}
     if per_frame:
         sigmas = sigmas[:, None, None].expand(-1, 1, 4).clone()
         sigmas[:, :, 0] = 0                            # frame 0 is given and must stay put
     x = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * 15
     if per_frame:
         x[:, :, 0] = target[:, :, 0]
-    out = get_sampler(name)(lambda x, s: target.expand_as(x), x, sigmas, generator=torch.Generator().manual_seed(0))
+    out = get_sampler(name)(lambda x, s: target.expand_as(x), x, sigmas, generator=torch.Generator().manual_seed(0), **kw)
     assert (out - target).abs().max() < 1e-4
 
 
@@ -154,3 +163,51 @@ def test_bad_sampler_name_and_steps():
         NoiseSchedule().timesteps(0)
     with pytest.raises(ValueError, match="beta_schedule"):
         NoiseSchedule(beta_schedule="cosine")
+
+
+PLAN_CASES = [
+    ("DDIMScheduler", dict(timestep_spacing="linspace", beta_schedule="linear", steps_offset=1, set_alpha_to_one=False), 25),
+    ("DDIMScheduler", dict(timestep_spacing="leading", beta_schedule="linear", steps_offset=1, set_alpha_to_one=False), 7),
+    ("DDIMScheduler", dict(timestep_spacing="trailing", beta_schedule="scaled_linear"), 6),
+    ("EulerDiscreteScheduler", dict(timestep_spacing="trailing", beta_schedule="linear"), 4),
+    ("EulerDiscreteScheduler", dict(timestep_spacing="leading", beta_schedule="linear", steps_offset=1), 5),
+    ("EulerAncestralDiscreteScheduler", dict(timestep_spacing="linspace"), 6),
+    ("DPMSolverMultistepScheduler", dict(timestep_spacing="linspace"), 8),
+    ("DPMSolverMultistepScheduler", dict(timestep_spacing="leading", steps_offset=1), 20),
+    ("LCMScheduler", dict(beta_schedule="linear", steps_offset=1, set_alpha_to_one=False), 6),
+    ("LCMScheduler", dict(beta_schedule="scaled_linear"), 4),
+]
+
+
+@pytest.mark.parametrize("cls, kw, n", PLAN_CASES, ids=[f"{c[0]}-{c[1].get('timestep_spacing', '')}-{c[2]}" for c in PLAN_CASES])
+def test_scheduler_plan_walks_the_diffusers_trajectory(cls, kw, n):
+    """The sampler a scheduler config names, on the grid that class lays, ends where diffusers' loop ends."""
+    sch = getattr(diffusers, cls)(**kw, **({"clip_sample": False} if cls in ("DDIMScheduler", "LCMScheduler") else {}))
+    sch.set_timesteps(n)
+    latents = torch.randn(2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = latents * sch.init_noise_sigma
+    g = torch.Generator().manual_seed(5)
+    for t in sch.timesteps:
+        x = sch.step(model(sch.scale_model_input(x, t), t.expand(2)), t, x, generator=g).prev_sample
+
+    ours = NoiseSchedule.from_config({**sch.config, "_class_name": cls})
+    plan = ours.plan(n)
+    assert ours.sampler == {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler", "LCMScheduler": "lcm",
+                            "EulerAncestralDiscreteScheduler": "euler_ancestral",
+                            "DPMSolverMultistepScheduler": "dpmpp_2m"}[cls]
+    assert torch.equal(plan.timesteps.round().long(), sch.timesteps.round().long())
+    kwargs = {"timesteps": plan.timesteps} if ours.sampler == "lcm" else {}
+    if plan.landing is not None:
+        kwargs["landing"] = plan.landing
+    out = get_sampler(ours.sampler)(Denoiser(model, ours), latents * plan.init_sigma, plan.sigmas,
+                                    generator=torch.Generator().manual_seed(5), **kwargs) * plan.output_scale
+    assert ((out - x).abs().max() / x.abs().max()) < 1e-4
+
+
+def test_unsupported_scheduler_configs_are_clear_errors():
+    with pytest.raises(ValueError, match="PNDMScheduler.*supported: DDIMScheduler"):
+        NoiseSchedule.from_config({"_class_name": "PNDMScheduler"})
+    with pytest.raises(ValueError, match="clip_sample=True"):
+        NoiseSchedule.from_config({"_class_name": "DDIMScheduler", "clip_sample": True})
+    with pytest.raises(ValueError, match="use_karras_sigmas"):
+        NoiseSchedule.from_config({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": True})

@@ -3,7 +3,9 @@
 Every sampler has the signature `sample_x(denoise, x, sigmas, *, generator=None, callback=None)`
 where x is `b c f h w` at noise level sigmas[0] (x = x0 + sigma * eps) and `sigmas` is `(n+1,)`
 or per frame `(n+1, b, f)`. A frame whose sigma is 0 at both ends of a step is held fixed (it is a
-given, conditioning frame). `callback(i, x, denoised)` runs after each step.
+given, conditioning frame). `callback(i, x, denoised)` runs after each step. Samplers that draw
+noise take `randn(x, generator)` to lay it out as a reference implementation does (default: in
+x's own `b c f h w` order).
 """
 
 from __future__ import annotations
@@ -32,33 +34,46 @@ def _hold(x: torch.Tensor, x_next: torch.Tensor, s: torch.Tensor, s_next: torch.
     return torch.where(frozen, x, x_next)
 
 
-def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _randn(x: torch.Tensor, generator: torch.Generator | None, randn=None) -> torch.Tensor:
+    if randn is not None:
+        return randn(x, generator)
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def _ancestral(denoise, x, sigmas, eta, generator, callback):
-    """Shared loop of DDIM (Song et al. 2021) and Euler ancestral: exact DDIM update in sigma space."""
+def _ancestral(denoise, x, sigmas, eta, generator, callback, landing=None, randn=None):
+    """Shared loop of DDIM (Song et al. 2021) and Euler ancestral: exact DDIM update in sigma space.
+
+    `landing` (n,) or (n, b, f): the level each update goes to when it is not the next step's level
+    (diffusers' DDIM steps to t - T//n); x is then rescaled to the next level, as the VP-space
+    scheduler implicitly does when it calls the model at the next listed timestep.
+    """
     levels = _levels(sigmas, x)
+    lands = None
+    if landing is not None:
+        lands = torch.as_tensor(landing, dtype=torch.float32, device=x.device)
+        lands = lands[:, None].expand(-1, x.shape[0]) if lands.ndim == 1 else lands
     for i in range(len(levels) - 1):
         s, s_next = levels[i], levels[i + 1]
         denoised = denoise(x, s)
-        sb, nb = per_frame(s, x), per_frame(s_next, x)
+        sb, nb = per_frame(s, x), per_frame(s_next if lands is None else lands[i], x)
         # eta-scaled ancestral noise: eta=0 is deterministic DDIM, eta=1 is DDPM-like.
         up = (eta * nb * (sb ** 2 - nb ** 2).clamp(min=0).sqrt() / sb.clamp(min=1e-12)).clamp(max=nb) if eta else 0 * nb
         down = (nb ** 2 - up ** 2).clamp(min=0).sqrt()
         eps = (x - denoised) / sb.clamp(min=1e-12)
         x_next = denoised + down * eps
         if eta:
-            x_next = x_next + up * _randn(x, generator)
+            x_next = x_next + up * _randn(x, generator, randn)
+        if lands is not None:
+            x_next = x_next * ((1 + per_frame(s_next, x) ** 2) / (1 + nb ** 2)).sqrt()
         x = _hold(x, x_next, s, s_next)
         if callback is not None:
             callback(i, x, denoised)
     return x
 
 
-def sample_ddim(denoise, x, sigmas, *, eta: float = 0.0, generator=None, callback=None):
+def sample_ddim(denoise, x, sigmas, *, eta: float = 0.0, generator=None, callback=None, landing=None, randn=None):
     """DDIM (Song et al. 2021), with eta for stochasticity."""
-    return _ancestral(denoise, x, sigmas, eta, generator, callback)
+    return _ancestral(denoise, x, sigmas, eta, generator, callback, landing, randn)
 
 
 def sample_euler(denoise, x, sigmas, *, generator=None, callback=None):
@@ -70,9 +85,9 @@ def sample_euler(denoise, x, sigmas, *, generator=None, callback=None):
     return _ancestral(denoise, x, sigmas, 0.0, generator, callback)
 
 
-def sample_euler_ancestral(denoise, x, sigmas, *, eta: float = 1.0, generator=None, callback=None):
+def sample_euler_ancestral(denoise, x, sigmas, *, eta: float = 1.0, generator=None, callback=None, randn=None):
     """Euler ancestral (k-diffusion; diffusers EulerAncestralDiscreteScheduler)."""
-    return _ancestral(denoise, x, sigmas, eta, generator, callback)
+    return _ancestral(denoise, x, sigmas, eta, generator, callback, None, randn)
 
 
 def sample_dpmpp_2m(denoise, x, sigmas, *, generator=None, callback=None):
@@ -99,11 +114,36 @@ def sample_dpmpp_2m(denoise, x, sigmas, *, generator=None, callback=None):
     return x
 
 
+def sample_lcm(denoise, x, sigmas, *, timesteps, timestep_scaling: float = 10.0, generator=None, callback=None,
+               randn=None):
+    """Latent consistency sampling (Luo et al. 2023; diffusers LCMScheduler), for AnimateLCM and LCM-LoRAs.
+
+    Each step maps x to the consistency function's output, a boundary-condition mix of the x0
+    estimate and the (variance-preserving) input, then re-noises it to the next level; the last
+    step returns the mix itself.
+    """
+    levels = _levels(sigmas, x)
+    n = len(levels) - 1
+    for i in range(n):
+        s, s_next = levels[i], levels[i + 1]
+        x0 = denoise(x, s)
+        c = float(timesteps[i]) * timestep_scaling
+        c_skip, c_out = 0.25 / (c * c + 0.25), c / (c * c + 0.25) ** 0.5     # sigma_data = 0.5
+        sb = per_frame(s, x)
+        denoised = c_out * x0 + c_skip * x / (1 + sb ** 2).sqrt()
+        x_next = denoised + per_frame(s_next, x) * _randn(x, generator, randn) if i < n - 1 else denoised
+        x = _hold(x, x_next, s, s_next)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
 SAMPLERS = {
     "ddim": sample_ddim,
     "euler": sample_euler,
     "euler_ancestral": sample_euler_ancestral,
     "dpmpp_2m": sample_dpmpp_2m,
+    "lcm": sample_lcm,
 }
 
 

@@ -19,6 +19,18 @@ import torch
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 SPACINGS = ("leading", "linspace", "trailing")
+# diffusers scheduler class -> the vidiff sampler that walks the same trajectory
+SCHEDULER_SAMPLERS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
+                      "EulerAncestralDiscreteScheduler": "euler_ancestral",
+                      "DPMSolverMultistepScheduler": "dpmpp_2m", "LCMScheduler": "lcm"}
+SAMPLER_SCHEDULERS = {v: k for k, v in SCHEDULER_SAMPLERS.items()}
+# config values these samplers do not reproduce: key -> the values that are fine
+_UNSUPPORTED = {"clip_sample": (False, None), "thresholding": (False, None), "use_karras_sigmas": (False, None),
+                "use_exponential_sigmas": (False, None), "use_beta_sigmas": (False, None),
+                "use_lu_lambdas": (False, None), "final_sigmas_type": ("zero", None),
+                "interpolation_type": ("linear", None), "algorithm_type": ("dpmsolver++", None),
+                "solver_order": (2, None), "euler_at_final": (False, None), "use_flow_sigmas": (False, None),
+                "timestep_type": ("discrete", None)}
 
 
 def per_frame(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +76,9 @@ class NoiseSchedule:
     timestep_spacing: str = "trailing"        # leading | linspace | trailing (sampling grid)
     steps_offset: int = 0                     # added to "leading" timesteps (SD configs use 1)
     set_alpha_to_one: bool = True             # DDIM: the last step lands on sigma=0
+    class_name: str = "DDIMScheduler"        # diffusers' `_class_name`: picks the default sampler and its grid
+    original_inference_steps: int = 50        # LCMScheduler: the distillation grid its steps are taken from
+    timestep_scaling: float = 10.0            # LCMScheduler: boundary-condition scale
     terminal_snr: float | None = None         # rescale sqrt(alphas_cumprod) linearly (Lin et al. 2023)
                                               # so the last timestep has this SNR, e.g. 1e-8: near zero,
                                               # yet a finite sigma for the samplers. None: as the betas give
@@ -73,6 +88,9 @@ class NoiseSchedule:
             raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.class_name not in SCHEDULER_SAMPLERS:
+            raise ValueError(f"scheduler class {self.class_name!r} is not supported; supported: "
+                             f"{', '.join(SCHEDULER_SAMPLERS)}")
         if self.timestep_spacing not in SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {self.timestep_spacing!r}")
         if self.terminal_snr is not None and not 0 < self.terminal_snr < 1:
@@ -102,12 +120,22 @@ class NoiseSchedule:
             raise ValueError("rescale_betas_zero_snr=True is not supported")
         if d.get("trained_betas") is not None:
             raise ValueError("trained_betas are not supported; use a beta_schedule")
+        for key, ok in _UNSUPPORTED.items():
+            if d.get(key) not in ok:
+                raise ValueError(f"scheduler config {key}={d[key]!r} is not supported; allowed: {ok[0]!r}")
         names = {f.name for f in fields(cls)}
+        d = {**d, "class_name": d.get("_class_name") or d.get("class_name") or "DDIMScheduler"}
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_config(self) -> dict:
-        """The diffusers-compatible config dict."""
-        return {"_class_name": "DDIMScheduler", **asdict(self)}
+        """The diffusers-compatible config dict (it loads into the diffusers class it names)."""
+        d = asdict(self)
+        return {"_class_name": d.pop("class_name"), **d, "clip_sample": False}
+
+    @property
+    def sampler(self) -> str:
+        """The vidiff sampler that walks this scheduler's trajectory."""
+        return SCHEDULER_SAMPLERS[self.class_name]
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "NoiseSchedule":
@@ -155,6 +183,59 @@ class NoiseSchedule:
             return (torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1)[:n]
         return torch.linspace(0, T - 1, n, dtype=torch.float64).flip(0)
 
+    def plan(self, n: int, sampler: str | None = None) -> "Plan":
+        """The grid `sampler` (default: this scheduler's) walks in `n` steps, laid as diffusers' class for it lays it.
+
+        DDIM steps from t to t - T//n, which is not always the next listed timestep (linspace and
+        trailing grids when n does not divide T); `landing` then records where each update lands.
+        """
+        sampler = sampler or self.sampler
+        cls = SAMPLER_SCHEDULERS.get(sampler)
+        if cls is None:
+            raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLER_SCHEDULERS)}")
+        T = self.num_train_timesteps
+        if n < 1:
+            raise ValueError(f"number of steps must be >= 1, got {n}")
+        if n > T:
+            raise ValueError(f"number of steps {n} exceeds num_train_timesteps={T}")
+        table = self.sigmas_table
+        final = 0.0 if self.set_alpha_to_one else float(table[0])
+        landing = None
+        if cls == "LCMScheduler":
+            k = T // self.original_inference_steps
+            origin = (torch.arange(1, self.original_inference_steps + 1, dtype=torch.float64) * k - 1).flip(0)
+            if n > self.original_inference_steps:
+                raise ValueError(f"the lcm sampler takes at most original_inference_steps="
+                                 f"{self.original_inference_steps} steps, got {n}")
+            idx = torch.floor(torch.linspace(0, len(origin), n + 1, dtype=torch.float64)[:-1]).long()
+            ts, final = origin[idx], 0.0
+        elif cls == "DPMSolverMultistepScheduler":
+            if self.timestep_spacing == "linspace":
+                ts = torch.linspace(0, T - 1, n + 1, dtype=torch.float64).round().flip(0)[:-1]
+            elif self.timestep_spacing == "leading":
+                ts = (torch.arange(n + 1, dtype=torch.float64) * (T // (n + 1))).round().flip(0)[:-1] + self.steps_offset
+            else:
+                ts = (torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1)[:n]
+            final = 0.0
+        else:
+            ts = self.timesteps(n)
+            if cls == "DDIMScheduler":
+                ts = ts.round()
+                prev = ts - T // n
+                landing = torch.where(prev >= 0, table[prev.clamp(min=0).long()], torch.tensor(final, dtype=torch.float64))
+            else:
+                final = 0.0
+        sig = self.sigma_at(ts)
+        sigmas = torch.cat([sig, torch.tensor([final], dtype=torch.float64)])
+        if landing is not None and torch.equal(landing, sigmas[1:]):
+            landing = None
+        s0 = float(sigmas.max())
+        if cls in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler") and self.timestep_spacing != "leading":
+            init = s0                                      # diffusers' init_noise_sigma = max sigma
+        else:
+            init = (s0 ** 2 + 1) ** 0.5                    # VP-space schedulers start at unit variance
+        return Plan(ts, sigmas.float(), None if landing is None else landing.float(), init)
+
     def sigma_at(self, t: torch.Tensor) -> torch.Tensor:
         """sigma at (fractional) timesteps, linear in between table entries as diffusers' Euler does."""
         t = torch.as_tensor(t, dtype=torch.float64).clamp(0, self.num_train_timesteps - 1)
@@ -177,6 +258,21 @@ class NoiseSchedule:
         ts = self.timesteps(n) if timesteps is None else torch.as_tensor(timesteps, dtype=torch.float64)
         final = 0.0 if self.set_alpha_to_one else float(self.sigmas_table[0])
         return torch.cat([self.sigma_at(ts), torch.tensor([final], dtype=torch.float64)]).float()
+
+
+@dataclass
+class Plan:
+    """A sampling grid: what the model sees at each step and where the sampler goes."""
+
+    timesteps: torch.Tensor            # (n,) the model's timesteps
+    sigmas: torch.Tensor               # (n + 1,) level of x at each step, then the final level
+    landing: torch.Tensor | None       # (n,) where DDIM's update lands, when that is not sigmas[1:]
+    init_sigma: float                  # sampling starts at x = noise * init_sigma (k-diffusion units)
+
+    @property
+    def output_scale(self) -> float:
+        """x * output_scale is the final sample in diffusers' (variance-preserving) units."""
+        return float(1 / (1 + self.sigmas[-1].double() ** 2).sqrt())
 
 
 class Denoiser:
