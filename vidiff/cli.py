@@ -43,6 +43,63 @@ def _inflate(args: argparse.Namespace) -> None:
     print(f"wrote {out}: space-time UNet, {n_all / 1e6:.2f}M parameters ({n_new / 1e6:.2f}M new temporal)")
 
 
+def _fresh_dir(path) -> None:
+    """An output folder must not exist yet, or be empty."""
+    from pathlib import Path
+
+    out = Path(path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out} exists and is not an empty folder")
+
+
+def _write_dir(out, write) -> None:
+    """Run `write(tmp)` into a temp folder beside `out`, then rename it into place: nothing half-written."""
+    import shutil
+    from pathlib import Path
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from .pipeline import VideoPipeline
+
+    _fresh_dir(args.out)
+    pipe = VideoPipeline.from_pretrained(args.source, motion_adapter=args.motion_adapter)
+    cast = None if args.dtype == "float32" else _dtype(args.dtype)
+    _write_dir(args.out, lambda tmp: pipe.save_pretrained(tmp, dtype=cast))
+    cfg = pipe.unet.config
+    print(f"wrote {args.out}: vidiff model folder ({cfg.temporal_family if cfg.temporal else 'image'} family, "
+          f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M UNet parameters, {args.dtype})")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .folders import export_diffusers
+    from .pipeline import VideoPipeline
+
+    if args.to != "diffusers":
+        raise UsageError(f"--to must be 'diffusers', got {args.to!r}")
+    _fresh_dir(args.out)
+    pipe = VideoPipeline.from_pretrained(args.model)
+    kind = []
+    _write_dir(args.out, lambda tmp: kind.append(export_diffusers(pipe, tmp)))
+    print(f"wrote {args.out}: diffusers {kind[0]} folder")
+
+
 def _generate(args: argparse.Namespace) -> None:
     import os
     import time
@@ -69,6 +126,8 @@ def _generate(args: argparse.Namespace) -> None:
         args.model = str(DEFAULT_MODEL)
     if not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: folder does not exist")
+    if args.motion_adapter is not None and not Path(args.motion_adapter).exists():
+        raise UsageError(f"--motion-adapter {args.motion_adapter}: does not exist")
     image = None
     if args.image is not None:
         from .io import read_image
@@ -80,10 +139,11 @@ def _generate(args: argparse.Namespace) -> None:
 
     from .pipeline import VideoPipeline
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = _dtype(args.dtype)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available here; use --device cpu")
-    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
+    pipe = VideoPipeline.from_pretrained(args.model, motion_adapter=args.motion_adapter, device=args.device,
+                                         dtype=dtype, scheduler=args.scheduler)
     kwargs = dict(negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
                   width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance,
                   sampler=args.sampler, seed=args.seed, mode=args.mode, chunk=args.chunk,
@@ -222,7 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's, else 7.5)")
     gen.add_argument("--negative-prompt", default=None, help="what to steer away from")
     gen.add_argument("--seed", type=int, default=None, help="random seed (same seed, same video)")
-    gen.add_argument("--sampler", default="ddim", choices=["ddim", "euler", "euler_ancestral", "dpmpp_2m"])
+    gen.add_argument("--sampler", default=None, choices=["ddim", "euler", "euler_ancestral", "dpmpp_2m", "lcm"],
+                     help="default: the one the model folder's scheduler names")
+    gen.add_argument("--scheduler", default=None,
+                     help="replace the folder's scheduler class (e.g. DDIMScheduler, LCMScheduler, or a sampler name)")
+    gen.add_argument("--motion-adapter", default=None,
+                     help="AnimateDiff motion module for a Stable Diffusion --model: MotionAdapter folder or .safetensors")
     gen.add_argument("--mode", default="all", choices=["all", "autoregressive"])
     gen.add_argument("--chunk", type=int, default=16, help="frames per window in autoregressive mode")
     gen.add_argument("--context", type=int, default=4, help="frames carried into each new window")
@@ -233,6 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     gen.set_defaults(run=_generate)
+
+    conv = sub.add_parser("convert", help="write a community model (AnimateDiff, ModelScope, SD + adapter) as a vidiff folder")
+    conv.add_argument("source", help="diffusers AnimateDiffPipeline / TextToVideoSDPipeline / SD folder, or a vidiff folder")
+    conv.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
+    conv.add_argument("--motion-adapter", default=None, help="MotionAdapter folder or .safetensors (with an SD source)")
+    conv.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="UNet weights on disk")
+    conv.set_defaults(run=_convert)
+
+    exp = sub.add_parser("export", help="write a vidiff model's temporal weights back for diffusers")
+    exp.add_argument("model", help="vidiff model folder (animatediff or modelscope family)")
+    exp.add_argument("--to", required=True, choices=["diffusers"], help="target format")
+    exp.add_argument("out", help="folder to write: a MotionAdapter (animatediff) or a TextToVideoSDPipeline (modelscope)")
+    exp.set_defaults(run=_export)
 
     inf = sub.add_parser("inflate", help="turn an image UNet (vidiff, diffusers, SD 1.x/2.x) into a space-time UNet")
     inf.add_argument("source", help="diffusers unet folder, SD model folder, .safetensors state dict, or vidiff image UNet folder")

@@ -83,26 +83,24 @@ class VideoPipeline:
 
     # ---- folders -----------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "cpu",
-                        dtype=torch.float32) -> "VideoPipeline":
-        """Load a diffusers-layout model folder (default: the shipped shapes-64 model); nothing is fetched from a hub."""
+    def from_pretrained(cls, path: str | os.PathLike | None = None, motion_adapter=None, device: str = "cpu",
+                        dtype=torch.float32, scheduler: str | dict | None = None) -> "VideoPipeline":
+        """Load a model folder (default: the shipped shapes-64 model); nothing is fetched from a hub.
+
+        Reads vidiff folders and diffusers `AnimateDiffPipeline` (UNetMotionModel, or a UNet2D plus
+        `motion_adapter/`), Stable Diffusion (with `motion_adapter=` a MotionAdapter folder or an
+        AnimateDiff .safetensors file) and `TextToVideoSDPipeline` (ModelScope, Zeroscope) folders.
+        `scheduler` replaces the folder's scheduler class (a class or sampler name) or some of its
+        config keys (a dict).
+        """
+        from .folders import load_components
+
         if path is None:
             path = DEFAULT_MODEL
             if not (path / "model_index.json").exists():
                 raise FileNotFoundError(f"the default model is not installed at {path}; pass a model folder")
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
-        index_file = path / "model_index.json"
-        if not index_file.exists():
-            raise FileNotFoundError(f"{str(path)!r} is not a model folder (no model_index.json)")
-        index = json.loads(index_file.read_text())
-        vidiff = index.get("vidiff", {})
-        unet = UNet.from_pretrained(path / "unet")
-        text = TextEncoder.from_pretrained(path)
-        schedule = NoiseSchedule.from_pretrained(path / "scheduler")
-        codec = load_codec(vidiff.get("codec"), path)
-        pipe = cls(unet, text, schedule, codec, vidiff.get("defaults")).to(device, dtype)
+        unet, text, schedule, codec, defaults = load_components(path, motion_adapter, scheduler)
+        pipe = cls(unet, text, schedule, codec, defaults).to(device, dtype)
         pipe.source = str(path)
         return pipe
 
@@ -121,7 +119,7 @@ class VideoPipeline:
         index = {"_class_name": "VidiffPipeline", "unet": ["vidiff", "UNet"],
                  "text_encoder": ["transformers", "CLIPTextModel"],
                  "tokenizer": ["transformers", type(self.text_encoder.tokenizer).__name__],
-                 "scheduler": ["diffusers", "DDIMScheduler"],
+                 "scheduler": ["diffusers", self.schedule.class_name],
                  "vidiff": {"codec": self.codec.config(), "defaults": self.defaults}}
         (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
@@ -140,7 +138,7 @@ class VideoPipeline:
         return self.codec.factor * self.unet.config.downsample_factor
 
     # ---- checks ------------------------------------------------------------------------------
-    def check_args(self, num_frames=None, height=None, width=None, num_inference_steps=25, sampler="ddim",
+    def check_args(self, num_frames=None, height=None, width=None, num_inference_steps=25, sampler=None,
                    mode="all", chunk=16, context=4, guidance_scale=7.5, fps=8) -> tuple[int, int, int]:
         """Validate generation arguments before any work; returns (frames, height, width)."""
         f = self.defaults["num_frames"] if num_frames is None else num_frames
@@ -154,12 +152,20 @@ class VideoPipeline:
                 raise ValueError(f"{name} must be a positive multiple of {m} for this model, got {v!r}")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
-        self.schedule.timesteps(num_inference_steps)
-        get_sampler(sampler)
+        get_sampler(sampler or self.schedule.sampler)
+        self.schedule.plan(num_inference_steps, sampler)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "autoregressive" and not (1 <= context < chunk):
             raise ValueError(f"autoregressive mode needs 1 <= context < chunk, got context={context}, chunk={chunk}")
+        cfg = self.unet.config
+        if cfg.temporal and cfg.temporal_family == "animatediff":
+            table = cfg.motion_max_seq_length
+            window = f if mode == "all" else min(chunk, f)
+            if window > table:
+                raise ValueError(f"{window} frames in one window exceed the motion module's positional table of "
+                                 f"{table} frames; use mode='autoregressive' (CLI: --mode autoregressive) with "
+                                 f"chunk <= {table}")
         g = torch.as_tensor(guidance_scale, dtype=torch.float32)
         if g.ndim > 1 or (g.ndim == 1 and len(g) != 2) or not torch.isfinite(g).all():
             raise ValueError(f"guidance_scale must be a number or a (first_frame, last_frame) pair, got {guidance_scale!r}")
@@ -170,18 +176,34 @@ class VideoPipeline:
     # ---- generation --------------------------------------------------------------------------
     def __call__(self, prompt: str = "", negative_prompt: str | None = None, num_frames: int | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 25,
-                 guidance_scale=None, sampler: str = "ddim", eta: float = 0.0, seed: int | None = None,
+                 guidance_scale=None, sampler: str | None = None, eta: float = 0.0, seed: int | None = None,
                  generator: torch.Generator | None = None, mode: str = "all", chunk: int = 16, context: int = 4,
                  fps: float | None = None, given: dict | None = None, progress: bool = True,
-                 first_frame_first: bool | None = None) -> Video:
+                 first_frame_first: bool | None = None, latents: torch.Tensor | None = None,
+                 output_type: str = "video"):
         """Generate a video (or an image when num_frames=1). `given` maps frame index -> image.
+
+        `sampler` defaults to the one the model folder's scheduler names. `latents` (`b c f h w`, in
+        the codec's space) is the starting noise, scaled as diffusers scales it; its shape sets the
+        batch, frames and size. `output_type="latent"` returns the final latents (as diffusers'
+        `output_type="latent"`) instead of a `Video` (a list of them when b > 1).
 
         `first_frame_first` (default: the model's `defaults`, else False) makes text-to-video two
         steps of the same model: frame 0 as an image, then image-to-video from it (factorised
         generation, as in Emu Video). The image fixes where the object is; the prompt then only has
         to choose where it goes, which a frame-conditioned model learns far more easily.
         """
+        if output_type not in ("video", "latent"):
+            raise ValueError(f"output_type must be 'video' or 'latent', got {output_type!r}")
+        b = 1
+        if latents is not None:
+            latents = torch.as_tensor(latents)
+            r, c = self.codec.factor, self.codec.channels
+            if latents.ndim != 5 or latents.shape[1] != c:
+                raise ValueError(f"latents must be (b, {c}, f, h/{r}, w/{r}), got {tuple(latents.shape)}")
+            b, num_frames, height, width = latents.shape[0], latents.shape[2], latents.shape[3] * r, latents.shape[4] * r
         fps = fps or self.defaults["fps"]
+        sampler = sampler or self.schedule.sampler
         guidance_scale = self.defaults.get("guidance_scale", 7.5) if guidance_scale is None else guidance_scale
         f, h, w = self.check_args(num_frames, height, width, num_inference_steps, sampler, mode, chunk,
                                   context, guidance_scale, fps)
@@ -192,18 +214,23 @@ class VideoPipeline:
         if first_frame_first and not self.unet.config.frame_conditioning:
             raise ValueError("first_frame_first=True needs a model with frame_conditioning (image-to-video); "
                              "this one has none")
+        if first_frame_first and b > 1:
+            raise ValueError("first_frame_first works on one video at a time (latents with b=1)")
         ctx = self._text(prompt, negative_prompt, guidance_scale)
         run = dict(ctx=ctx, steps=num_inference_steps, guidance=guidance_scale, sampler=sampler, eta=eta,
                    generator=g, progress=progress)
-        shape = (1, self.codec.channels, f, h // self.codec.factor, w // self.codec.factor)
+        shape = (b, self.codec.channels, f, h // self.codec.factor, w // self.codec.factor)
         if first_frame_first and f > 1 and not given:
             given = {0: self._decode(self._window((*shape[:2], 1, *shape[3:]), None, **run))[0]}
-        known = self._encode_given(given or {}, f, h, w)
+        known = self._encode_given(given or {}, f, h, w, b)
         if mode == "all" or chunk >= f:
-            latents = self._window(shape, known, **run)
+            out = self._window(shape, known, noise=latents, **run)
         else:
-            latents = self._autoregressive(shape, known, chunk, context, **run)
-        return Video(self._decode(latents), fps)
+            out = self._autoregressive(shape, known, chunk, context, noise=latents, **run)
+        if output_type == "latent":
+            return out
+        videos = [Video(self._decode(out[i:i + 1]), fps) for i in range(b)]
+        return videos[0] if b == 1 else videos
 
     def animate(self, image, prompt: str = "", **kwargs) -> Video:
         """Image-to-video: frame 0 is `image` (path, PIL, numpy `h w 3` uint8)."""
@@ -240,16 +267,16 @@ class VideoPipeline:
 
     # ---- internals ---------------------------------------------------------------------------
     def _text(self, prompt, negative_prompt, guidance_scale):
-        cfg = bool(torch.as_tensor(guidance_scale, dtype=torch.float32).ne(1).any())
+        cfg = bool(torch.as_tensor(guidance_scale, dtype=torch.float32).gt(1).any())   # as diffusers: CFG when > 1
         prompts = ([negative_prompt or ""] if cfg else []) + [prompt]
         return self.text_encoder(prompts).to(self.device, self.dtype)
 
-    def _encode_given(self, given: dict, f: int, h: int, w: int):
+    def _encode_given(self, given: dict, f: int, h: int, w: int, b: int = 1):
         if not given:
             return None
         r = self.codec.factor
-        lat = torch.zeros(1, self.codec.channels, f, h // r, w // r, device=self.device)
-        mask = torch.zeros(1, f, device=self.device)
+        lat = torch.zeros(b, self.codec.channels, f, h // r, w // r, device=self.device)
+        mask = torch.zeros(b, f, device=self.device)
         for i, img in given.items():
             img = as_frames(img)[0]
             if not 0 <= i < f:
@@ -265,15 +292,23 @@ class VideoPipeline:
         return np.concatenate([to_frames(self.codec.decode(latents[:, :, i:i + 16].float()))
                                for i in range(0, latents.shape[2], 16)])
 
-    def _window(self, shape, known, ctx, steps, guidance, sampler, eta, generator, progress, offset=0):
-        """Sample one window of frames, some possibly given (`known` = (latents, mask) or None)."""
+    def _window(self, shape, known, ctx, steps, guidance, sampler, eta, generator, progress, offset=0, noise=None):
+        """Sample one window of frames, some possibly given (`known` = (latents, mask) or None).
+
+        Returns the final latents in the codec's (variance-preserving) units, as diffusers does.
+        """
         from tqdm.auto import tqdm
 
         b, _, f = shape[:3]
-        noise = torch.randn(shape, generator=generator).to(self.device)
-        sigmas = self.schedule.sigmas(steps).to(self.device)
-        x = noise * (1 + sigmas[0] ** 2).sqrt()
+        plan = self.schedule.plan(steps, sampler)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator)
+        x = noise.to(self.device, torch.float32) * plan.init_sigma
+        sigmas = plan.sigmas.to(self.device)
+        landing = None if plan.landing is None else plan.landing.to(self.device)
         cfg = ctx.shape[0] == 2
+        if ctx.shape[0] != b * (2 if cfg else 1):                  # [negative, positive] -> one per video
+            ctx = ctx.repeat_interleave(b, 0)
         gscale = torch.as_tensor(guidance, dtype=torch.float32, device=self.device)
         if gscale.ndim == 1:   # (first, last): a linear ramp over the frames of this window
             gscale = gscale[0] + (gscale[1] - gscale[0]) * torch.linspace(0, 1, f, device=self.device)[None]
@@ -283,6 +318,9 @@ class VideoPipeline:
             frozen = mask.bool()
             sigmas = sigmas[:, None, None].expand(-1, b, f).clone()
             sigmas[:, frozen] = 0                         # given frames sit at level 0 throughout
+            if landing is not None:
+                landing = landing[:, None, None].expand(-1, b, f).clone()
+                landing[:, frozen] = 0
             x = torch.where(per_frame(mask, x) > 0, lat, x)
 
         n = 2 if cfg else 1         # unconditional and conditional halves in one UNet batch
@@ -306,18 +344,43 @@ class VideoPipeline:
                 x = torch.where(replace, lat + per_frame(sigma, x) * fixed, x)
                 return torch.where(replace, lat, _d(x, sigma))
 
+        extra = {"eta": eta} if sampler in ("ddim", "euler_ancestral") and eta else {}
+        if sampler == "ddim" and landing is not None:
+            extra["landing"] = landing
+        if sampler == "lcm":
+            extra.update(timesteps=plan.timesteps, timestep_scaling=self.schedule.timestep_scaling)
+        if sampler in ("lcm", "euler_ancestral") or extra.get("eta"):
+            extra["randn"] = self._noise_layout()
         bar = tqdm(total=steps, desc=f"frames {offset}-{offset + f - 1}", disable=not progress, leave=False)
         with torch.no_grad():
             x = get_sampler(sampler)(denoise, x, sigmas, generator=generator,
-                                     callback=lambda *a: bar.update(1),
-                                     **({"eta": eta} if sampler in ("ddim", "euler_ancestral") and eta else {}))
+                                     callback=lambda *a: bar.update(1), **extra)
         bar.close()
+        x = x * plan.output_scale
         if known is not None:
             x = torch.where(per_frame(known[1], x) > 0, known[0], x)
         return x
 
-    def _autoregressive(self, shape, known, chunk, context, **run):
-        """Slide a `chunk`-frame window: each new window's first `context` frames are given."""
+    def _noise_layout(self):
+        """How a sampler draws its step noise: as diffusers' pipeline for this family lays it out.
+
+        TextToVideoSDPipeline steps its scheduler on `(b f) c h w`, so ModelScope models draw noise
+        frame-major; everything else draws it in `b c f h w` order.
+        """
+        if self.unet.config.temporal_family != "modelscope" or not self.unet.config.temporal:
+            return None
+
+        def randn(x, generator):
+            b, c, f, h, w = x.shape
+            flat = torch.randn((b * f, c, h, w), generator=generator, dtype=x.dtype).to(x.device)
+            return rearrange(flat, "(b f) c h w -> b c f h w", b=b)
+        return randn
+
+    def _autoregressive(self, shape, known, chunk, context, noise=None, **run):
+        """Slide a `chunk`-frame window: each new window's first `context` frames are given.
+
+        With `noise` (the whole video's starting noise), each window starts from its slice of it.
+        """
         b, c, f, hh, ww = shape
         out = torch.zeros(shape, device=self.device)
         done = torch.zeros(f, dtype=torch.bool)
@@ -329,9 +392,10 @@ class VideoPipeline:
         start = max(0, start - context) if start > 0 else 0
         while start < f and not done[start:].all():
             end = min(start + chunk, f)
-            win_mask = done[start:end].float()[None].to(self.device)
+            win_mask = done[start:end].float()[None].expand(b, -1).to(self.device)
             win_known = (out[:, :, start:end], win_mask) if win_mask.any() else None
-            window = self._window((b, c, end - start, hh, ww), win_known, offset=start, **run)
+            window = self._window((b, c, end - start, hh, ww), win_known, offset=start,
+                                  noise=None if noise is None else noise[:, :, start:end], **run)
             out[:, :, start:end] = window
             done[start:end] = True
             if end == f:

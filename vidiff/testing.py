@@ -62,6 +62,103 @@ def tiny_model(path: str | os.PathLike, **kwargs) -> Path:
     return Path(path)
 
 
+def _perturbed(model, scale: float = 0.05, seed: int = 0):
+    """Move every weight off its init (zero-initialised temporal outputs included) so parity means something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model.eval()
+
+
+def tiny_sd_parts(cross_attention_dim: int = 8, widths=(8, 16), seed: int = 0) -> dict:
+    """Tiny random diffusers parts in the shapes diffusers' own AnimateDiff tests use (VAE, CLIP, tokenizer)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    tok = tiny_tokenizer()
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=cross_attention_dim, intermediate_size=16,
+                                        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
+                                        pad_token_id=0, bos_token_id=2, eos_token_id=3)).eval()
+    return {"vae": vae.eval(), "text_encoder": text, "tokenizer": tok}
+
+
+def tiny_unet2d(widths=(8, 16), cross_attention_dim: int = 8, seed: int = 0):
+    """A tiny random Stable-Diffusion-style `UNet2DConditionModel` (weights perturbed off init)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=widths, layers_per_block=2, sample_size=8, norm_num_groups=2,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=cross_attention_dim, attention_head_dim=2)
+    return _perturbed(unet, seed=seed)
+
+
+def tiny_motion_adapter(widths=(8, 16), mid: bool = True, max_seq: int = 32, seed: int = 1):
+    """A tiny random diffusers `MotionAdapter` (v2-style with `mid`, v1/v3-style without)."""
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(seed)
+    ad = MotionAdapter(block_out_channels=widths, motion_layers_per_block=2, motion_norm_num_groups=2,
+                       motion_num_attention_heads=8, use_motion_mid_block=mid, motion_max_seq_length=max_seq)
+    return _perturbed(ad, seed=seed)
+
+
+def tiny_unet3d(widths=(8, 16), cross_attention_dim: int = 8, seed: int = 2):
+    """A tiny random ModelScope-style `UNet3DConditionModel` (weights perturbed off init)."""
+    from diffusers import UNet3DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet3DConditionModel(block_out_channels=widths, layers_per_block=1, sample_size=8, norm_num_groups=2,
+                                down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                                up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+                                cross_attention_dim=cross_attention_dim, attention_head_dim=4)
+    return _perturbed(unet, seed=seed)
+
+
+def ddim_scheduler(**overrides):
+    """AnimateDiff's scheduler: DDIM, linear betas 0.00085..0.012, steps_offset 1, no clipping."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**{"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "linear",
+                            "clip_sample": False, "steps_offset": 1, **overrides})
+
+
+def tiny_animatediff_folder(path: str | os.PathLike, mid: bool = True, max_seq: int = 32) -> Path:
+    """Save a tiny random diffusers `AnimateDiffPipeline` folder (unet/ is a UNetMotionModel)."""
+    from diffusers import AnimateDiffPipeline
+
+    pipe = AnimateDiffPipeline(unet=tiny_unet2d(), motion_adapter=tiny_motion_adapter(mid=mid, max_seq=max_seq),
+                               scheduler=ddim_scheduler(), **tiny_sd_parts())
+    pipe.save_pretrained(path, safe_serialization=True)
+    return Path(path)
+
+
+def tiny_sd_folder(path: str | os.PathLike) -> Path:
+    """Save a tiny random diffusers `StableDiffusionPipeline` folder (an image model)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(unet=tiny_unet2d(), scheduler=ddim_scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False, **tiny_sd_parts())
+    pipe.save_pretrained(path, safe_serialization=True)
+    return Path(path)
+
+
+def tiny_modelscope_folder(path: str | os.PathLike) -> Path:
+    """Save a tiny random diffusers `TextToVideoSDPipeline` folder (unet/ is a UNet3DConditionModel)."""
+    from diffusers import TextToVideoSDPipeline
+
+    pipe = TextToVideoSDPipeline(unet=tiny_unet3d(), scheduler=ddim_scheduler(beta_schedule="scaled_linear",
+                                                                                set_alpha_to_one=False),
+                                 **tiny_sd_parts())
+    pipe.save_pretrained(path, safe_serialization=True)
+    return Path(path)
+
+
 if __name__ == "__main__":
     import sys
 

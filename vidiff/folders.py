@@ -1,0 +1,130 @@
+"""Model folders: tell a vidiff folder from the diffusers pipelines people have on disk, and load one.
+
+| `model_index.json` `_class_name` | UNet it holds | temporal family |
+|---|---|---|
+| `VidiffPipeline` | `VidiffUNet` (any family) | as saved |
+| `AnimateDiffPipeline` | `UNetMotionModel`, or `UNet2DConditionModel` + `motion_adapter/` | animatediff |
+| `StableDiffusionPipeline` | `UNet2DConditionModel` + `motion_adapter=` (folder or .safetensors) | animatediff |
+| `TextToVideoSDPipeline` | `UNet3DConditionModel` (ModelScope, Zeroscope) | modelscope |
+
+Text encoder, tokenizer, VAE (with its scaling factor) and scheduler come from the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .codec import VaeCodec, load_codec
+from .convert import load_unet, refuse_pickle
+from .schedule import SAMPLER_SCHEDULERS, SCHEDULER_SAMPLERS, NoiseSchedule
+from .text import TextEncoder
+
+DIFFUSERS_PIPELINES = {          # class -> (components it needs, default guidance as diffusers has it)
+    "AnimateDiffPipeline": (("unet", "text_encoder", "tokenizer", "vae", "scheduler"), 7.5),
+    "StableDiffusionPipeline": (("unet", "text_encoder", "tokenizer", "vae", "scheduler"), 7.5),
+    "TextToVideoSDPipeline": (("unet", "text_encoder", "tokenizer", "vae", "scheduler"), 9.0),
+}
+
+
+def read_index(path: str | os.PathLike) -> dict:
+    """`model_index.json` of a model folder; clear errors for a missing folder or file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model folder {str(path)!r} does not exist")
+    refuse_pickle(path)
+    if not path.is_dir():
+        raise ValueError(f"{str(path)!r} is a file; a model is a folder with model_index.json")
+    index_file = path / "model_index.json"
+    if not index_file.exists():
+        raise FileNotFoundError(f"{str(path)!r} is not a model folder (no model_index.json)")
+    return json.loads(index_file.read_text())
+
+
+def _schedule(path: Path, override) -> NoiseSchedule:
+    file = path / "scheduler" / "scheduler_config.json"
+    if not file.exists():
+        raise FileNotFoundError(f"model folder {str(path)!r} has no scheduler/scheduler_config.json")
+    cfg = json.loads(file.read_text())
+    if isinstance(override, str):
+        name = SAMPLER_SCHEDULERS.get(override, override)
+        if name not in SCHEDULER_SAMPLERS:
+            raise ValueError(f"scheduler {override!r} is not supported; supported: {', '.join(SCHEDULER_SAMPLERS)} "
+                             f"(or the sampler names {', '.join(SAMPLER_SCHEDULERS)})")
+        cfg["_class_name"] = name
+    elif isinstance(override, dict):
+        cfg.update(override)
+    elif override is not None:
+        raise TypeError(f"scheduler must be a name or a dict of config keys, got {type(override).__name__}")
+    try:
+        return NoiseSchedule.from_config(cfg)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}" + ("; pick another with scheduler='ddim' (CLI: --scheduler ddim)"
+                                            if "is not supported" in str(e) else "")) from None
+
+
+def load_components(path: str | os.PathLike, motion_adapter=None, scheduler=None):
+    """(unet, text encoder, schedule, codec, defaults) of a vidiff or diffusers model folder."""
+    path = Path(path)
+    index = read_index(path)
+    kind = index.get("_class_name")
+    if kind == "VidiffPipeline" or "vidiff" in index:
+        for part in ("unet", "text_encoder", "tokenizer"):
+            if not (path / part).is_dir():
+                raise FileNotFoundError(f"model folder {str(path)!r} has no {part}/")
+        vidiff = index.get("vidiff", {})
+        unet = load_unet(path / "unet", motion_adapter)
+        return (unet, TextEncoder.from_pretrained(path), _schedule(path, scheduler),
+                load_codec(vidiff.get("codec"), path), vidiff.get("defaults"))
+    if kind not in DIFFUSERS_PIPELINES:
+        raise ValueError(f"{path}/model_index.json: _class_name={kind!r} is not supported; supported: "
+                         f"VidiffPipeline, {', '.join(DIFFUSERS_PIPELINES)}")
+    parts, guidance = DIFFUSERS_PIPELINES[kind]
+    missing = [p for p in parts if not (path / p).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"model folder {str(path)!r} ({kind}) has no {', '.join(m + '/' for m in missing)}")
+    unet_kind = json.loads((path / "unet" / "config.json").read_text()).get("_class_name") \
+        if (path / "unet" / "config.json").exists() else None
+    if motion_adapter is None and unet_kind == "UNet2DConditionModel" and (path / "motion_adapter").is_dir():
+        motion_adapter = path / "motion_adapter"
+    unet = load_unet(path / "unet", motion_adapter)
+    if not unet.config.temporal:
+        raise ValueError(f"{path} holds an image model ({kind}); give it motion layers with "
+                         "motion_adapter=PATH (CLI: --motion-adapter PATH), an AnimateDiff MotionAdapter folder "
+                         "or .safetensors file")
+    codec = VaeCodec.from_pretrained(path / "vae")
+    raw = json.loads((path / "unet" / "config.json").read_text())
+    size = int(raw.get("sample_size") or 64) * codec.factor
+    max_frames = unet.config.motion_max_seq_length if unet.config.temporal_family == "animatediff" else 16
+    defaults = {"height": size, "width": size, "num_frames": min(16, max_frames), "fps": 8,
+                "guidance_scale": guidance}
+    return unet, TextEncoder.from_pretrained(path), _schedule(path, scheduler), codec, defaults
+
+
+def export_diffusers(pipe, out: str | os.PathLike) -> str:
+    """Write a vidiff pipeline's model for diffusers: a `MotionAdapter` folder (animatediff family) or a
+    whole `TextToVideoSDPipeline` folder (modelscope family). Returns what was written."""
+    from .convert import save_motion_adapter, save_unet3d
+
+    cfg = pipe.unet.config
+    family = cfg.temporal_family if cfg.temporal else None
+    if family == "animatediff":
+        save_motion_adapter(pipe.unet, out)
+        return "MotionAdapter"
+    if family != "modelscope":
+        raise ValueError(f"only animatediff and modelscope models export to diffusers; this one is "
+                         f"{family or 'an image model'} (vidiff's own format is already a diffusers-layout folder)")
+    if not isinstance(pipe.codec, VaeCodec):
+        raise ValueError("a TextToVideoSDPipeline needs a VAE; this model works in pixel space")
+    out = Path(out)
+    save_unet3d(pipe.unet, out / "unet")
+    pipe.text_encoder.save_pretrained(out)
+    pipe.codec.vae.save_pretrained(out / "vae", safe_serialization=True)
+    pipe.schedule.save_pretrained(out / "scheduler")
+    index = {"_class_name": "TextToVideoSDPipeline", "scheduler": ["diffusers", pipe.schedule.class_name],
+             "text_encoder": ["transformers", type(pipe.text_encoder.model).__name__],
+             "tokenizer": ["transformers", type(pipe.text_encoder.tokenizer).__name__],
+             "unet": ["diffusers", "UNet3DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return "TextToVideoSDPipeline"
