@@ -44,7 +44,9 @@ class TextConfig:
 class TrainConfig:
     output_dir: str = "runs/tiny"      # checkpoints/, model/ (the result), log.jsonl, config.yaml
     stage: str = "video"               # image: temporal layers off, clips of 1 frame | video
-    init: str | None = None            # start from this model folder (vidiff or diffusers SD); video stage inflates an image UNet
+    init: str | None = None            # start from this model folder (vidiff, diffusers SD, AnimateDiff or ModelScope);
+                                       # the video stage inflates an image UNet (or adds motion_adapter to it)
+    motion_adapter: str | None = None  # with an SD init: AnimateDiff MotionAdapter folder or .safetensors to train on
     freeze_spatial: bool = False       # train only the layers inflation added (temporal + frame-cond)
     steps: int = 1000                  # optimizer steps
     batch_size: int = 4                # clips per process per micro-step

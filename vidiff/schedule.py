@@ -127,6 +127,15 @@ class NoiseSchedule:
         d = {**d, "class_name": d.get("_class_name") or d.get("class_name") or "DDIMScheduler"}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    @classmethod
+    def for_training(cls, d: dict) -> "NoiseSchedule":
+        """Build from a folder's scheduler config for training: only its betas and prediction type
+        matter there, so a sampling class vidiff does not run (e.g. SD's PNDMScheduler) becomes DDIM."""
+        d = {k: v for k, v in d.items() if k not in _UNSUPPORTED}
+        if d.get("_class_name") not in SCHEDULER_SAMPLERS:
+            d["_class_name"] = "DDIMScheduler"
+        return cls.from_config(d)
+
     def to_config(self) -> dict:
         """The diffusers-compatible config dict (it loads into the diffusers class it names)."""
         d = asdict(self)

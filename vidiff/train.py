@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .codec import load_codec
 from .config import Config, to_yaml
+from .convert import load_unet
 from .data import ClipDataset, loader
 from .inflate import inflate, load_image_unet
 from .schedule import NoiseSchedule, per_frame
@@ -71,7 +72,7 @@ def build_models(cfg: Config):
     sched_cfg = {}
     if init is not None and (init / "scheduler").is_dir():
         sched_cfg = json.loads((init / "scheduler" / "scheduler_config.json").read_text())
-    schedule = NoiseSchedule.from_config({**sched_cfg, **cfg.schedule})
+    schedule = NoiseSchedule.for_training({**sched_cfg, **cfg.schedule})
     if init is not None:
         index = init / "model_index.json"
         stored = json.loads(index.read_text()).get("vidiff", {}).get("codec") if index.exists() else None
@@ -83,7 +84,7 @@ def build_models(cfg: Config):
         unet = UNet({"in_channels": codec.channels, "out_channels": codec.channels,
                      "cross_attention_dim": text.dim, **cfg.model, "temporal": t.stage == "video"})
     else:
-        unet = load_image_unet(init)
+        unet = _init_unet(init, t.motion_adapter)
         if t.stage == "video" and not unet.config.temporal:
             m = dict(cfg.model)
             unet = inflate(unet, frame_conditioning=m.pop("frame_conditioning", None),
@@ -97,6 +98,19 @@ def build_models(cfg: Config):
         raise ValueError(f"the UNet's cross_attention_dim is {unet.config.cross_attention_dim}, "
                          f"the text encoder gives {text.dim}")
     return unet, text, schedule, codec
+
+
+def _init_unet(init: Path, motion_adapter) -> UNet:
+    """The UNet of `train.init`: a vidiff or SD folder, an SD folder + AnimateDiff adapter, an
+    AnimateDiff or ModelScope pipeline folder (their temporal layers come along)."""
+    if motion_adapter is not None or not (init / "unet" / "config.json").exists():
+        if motion_adapter is not None and not Path(motion_adapter).exists():
+            raise FileNotFoundError(f"train.motion_adapter {motion_adapter!r} does not exist")
+        return load_unet(init / "unet", motion_adapter) if (init / "unet").is_dir() else load_image_unet(init)
+    kind = json.loads((init / "unet" / "config.json").read_text()).get("_class_name")
+    if kind == "UNet2DConditionModel" and (init / "motion_adapter").is_dir():
+        return load_unet(init / "unet", init / "motion_adapter")
+    return load_unet(init / "unet") if kind in ("UNetMotionModel", "UNet3DConditionModel") else load_image_unet(init)
 
 
 def _with_overrides(unet: UNet, overrides: dict) -> UNet:
