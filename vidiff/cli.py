@@ -100,6 +100,26 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: diffusers {kind[0]} folder")
 
 
+def _scheduler_arg(text: str | None):
+    """`--scheduler NAME[:key=value,...]` -> a name, or a dict of scheduler config keys."""
+    if text is None or ":" not in text:
+        return text
+    import yaml
+
+    name, _, rest = text.partition(":")
+    out = {"_class_name": name} if name else {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError(f"--scheduler {text}: {item!r} must look like key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    if name:
+        from .schedule import SAMPLER_SCHEDULERS
+
+        out["_class_name"] = SAMPLER_SCHEDULERS.get(name, name)
+    return out
+
+
 def _generate(args: argparse.Namespace) -> None:
     import os
     import time
@@ -143,7 +163,7 @@ def _generate(args: argparse.Namespace) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available here; use --device cpu")
     pipe = VideoPipeline.from_pretrained(args.model, motion_adapter=args.motion_adapter, device=args.device,
-                                         dtype=dtype, scheduler=args.scheduler)
+                                         dtype=dtype, scheduler=_scheduler_arg(args.scheduler))
     kwargs = dict(negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
                   width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance,
                   sampler=args.sampler, seed=args.seed, mode=args.mode, chunk=args.chunk,
@@ -285,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler", default=None, choices=["ddim", "euler", "euler_ancestral", "dpmpp_2m", "lcm"],
                      help="default: the one the model folder's scheduler names")
     gen.add_argument("--scheduler", default=None,
-                     help="replace the folder's scheduler class (e.g. DDIMScheduler, LCMScheduler, or a sampler name)")
+                     help="replace the folder's scheduler: NAME[:key=value,...], e.g. ddim, LCMScheduler, "
+                          "EulerDiscreteScheduler:timestep_spacing=trailing,beta_schedule=linear")
     gen.add_argument("--motion-adapter", default=None,
                      help="AnimateDiff motion module for a Stable Diffusion --model: MotionAdapter folder or .safetensors")
     gen.add_argument("--mode", default="all", choices=["all", "autoregressive"])
