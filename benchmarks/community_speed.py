@@ -104,7 +104,8 @@ def pipeline_fns(models, steps: int = 8):
     fns = {}
     for fam, (ref, ours, _) in models.items():
         cls = diffusers.AnimateDiffPipeline if fam == "animatediff" else diffusers.TextToVideoSDPipeline
-        dp = cls(unet=ref, scheduler=sched, **parts)
+        extra = {"motion_adapter": None} if fam == "animatediff" else {}
+        dp = cls(unet=ref, scheduler=sched, **parts, **extra)
         dp.set_progress_bar_config(disable=True)
         from vidiff.codec import VaeCodec
 
@@ -132,6 +133,7 @@ def main():
     res = {"config": dict(widths=WIDTHS, layers=LAYERS, heads=HEADS, frames=FRAMES, latent=SIZE, threads=args.threads,
                           repeats=args.repeats)}
     res["fp32"] = timed(forward_fns(models, FRAMES, torch.float32), args.repeats)
+    print("fp32", {k: round(v, 3) for k, v in res["fp32"].items()}, flush=True)
     for ref, ours, _ in models.values():
         ref.to(torch.bfloat16), ours.to(torch.bfloat16)
     res["bf16"] = timed(forward_fns(models, FRAMES, torch.bfloat16), args.repeats)
