@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import time
 import warnings
 
 import torch
@@ -20,6 +19,8 @@ import torch
 from vidiff import testing
 from vidiff.convert import config_from_motion_unet, config_from_unet3d, load_state
 from vidiff.unet import UNet
+
+from unet_speed import timed_all      # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 WIDTHS, LAYERS, HEADS, FRAMES, SIZE, CTX = (64, 128, 256), 2, 8, 16, 32, 64
 ATTN = (True, True, False)
@@ -57,17 +58,9 @@ def forward_fns(models, frames: int, dtype):
 
 
 def timed(fns: dict, repeats: int) -> dict:
-    """Min wall time of each function over `repeats` interleaved rounds (after one warm-up each)."""
+    """Min wall time of each function over `repeats` interleaved rounds (after one warm-up each), no grad."""
     with torch.no_grad():
-        for fn in fns.values():
-            fn()
-        best = {k: float("inf") for k in fns}
-        for _ in range(repeats):
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                best[k] = min(best[k], time.perf_counter() - t0)
-    return best
+        return timed_all(fns, repeats)
 
 
 def _status(key: str) -> int:

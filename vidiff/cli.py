@@ -53,20 +53,10 @@ def _fresh_dir(path) -> None:
 
 
 def _write_dir(out, write) -> None:
-    """Run `write(tmp)` into a temp folder beside `out`, then rename it into place: nothing half-written."""
-    import shutil
-    from pathlib import Path
+    """Write a folder through a temp folder beside it (vidiff.io), so nothing is left half-written."""
+    from .io import write_folder_atomically
 
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    write_folder_atomically(out, write)
 
 
 def _dtype(name: str):

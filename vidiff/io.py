@@ -130,15 +130,17 @@ def _write_png(frames: np.ndarray, path: Path, fps: float, quality: int) -> None
     Image.fromarray(frames[0]).save(path, format="PNG")
 
 
-def _write_folder(frames: np.ndarray, path: Path) -> Path:
-    from PIL import Image
+def write_folder_atomically(path: str | os.PathLike, write) -> Path:
+    """Run `write(tmp)` into a temp folder beside `path`, then rename it into place: nothing half-written.
 
+    `path` must not exist yet, or be an empty folder.
+    """
+    path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise ValueError(f"output folder {str(path)!r} exists and is not empty")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
     try:
-        for i, frame in enumerate(frames):
-            Image.fromarray(frame).save(tmp / f"frame_{i:05d}.png")
+        write(tmp)
         if path.exists():
             path.rmdir()
         os.replace(tmp, path)
@@ -146,6 +148,15 @@ def _write_folder(frames: np.ndarray, path: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return path
+
+
+def _write_folder(frames: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    def write(tmp):
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame).save(tmp / f"frame_{i:05d}.png")
+    return write_folder_atomically(path, write)
 
 
 def contact_sheet(video, path: str | os.PathLike, columns: int = 8, max_frames: int = 32,
