@@ -336,3 +336,50 @@ def test_train_motion_module_and_export_to_diffusers(folders, tmp_path):
     kw = dict(num_inference_steps=2, output_type="latent", guidance_scale=7.5)
     expected = ref(prompt=PROMPT, latents=lat.clone(), num_frames=4, height=16, width=16, **kw).frames
     assert rel(ours(PROMPT, latents=lat.clone(), progress=False, **kw), expected) <= 1e-4
+
+
+def test_decoded_video_matches_diffusers_np_output(folders):
+    """The VAE and its scaling factor come from the folder: decoded frames equal diffusers' to 8-bit rounding."""
+    ref = diffusers.AnimateDiffPipeline.from_pretrained(folders / "animatediff")
+    ref.set_progress_bar_config(disable=True)
+    pipe = VideoPipeline.from_pretrained(folders / "animatediff")
+    assert pipe.codec.scaling == ref.vae.config.scaling_factor
+    lat = torch.randn(1, 4, 4, 8, 8)
+    frames = ref(prompt=PROMPT, latents=lat.clone(), num_inference_steps=2, num_frames=4, height=16, width=16,
+                 output_type="np").frames[0]
+    video = pipe(PROMPT, latents=lat.clone(), num_inference_steps=2, progress=False)
+    assert video.frames.shape == frames.shape
+    assert abs(video.frames.astype(float) / 255 - frames).max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("init", ["modelscope", "animatediff"])
+def test_train_init_from_a_community_folder_trains_only_its_temporal_layers(folders, tmp_path, init):
+    from vidiff.config import load_config
+    from vidiff.shapes import make_shapes_dataset
+    from vidiff.train import train
+    from vidiff.unet import is_temporal_key
+
+    data = make_shapes_dataset(tmp_path / "data", clips=2, size=16, num_frames=6, progress=False)
+    cfg = load_config(None, [
+        f"train.init={folders / init}", f"data.path={data}", f"train.output_dir={tmp_path / 'run'}",
+        "data.height=16", "data.width=16", "data.num_frames=4", "train.steps=1", "train.batch_size=2",
+        "train.freeze_spatial=true", "train.lr=1e-2", "train.ema_decay=0", "train.text_dropout=0"])
+    before = VideoPipeline.from_pretrained(folders / init).unet.state_dict()
+    after = train(cfg, progress=False)["unet"].state_dict()
+    assert set(before) == set(after)
+    assert all(torch.equal(after[k], before[k]) for k in before if not is_temporal_key(k))
+    assert any(not torch.equal(after[k], before[k]) for k in before if is_temporal_key(k))
+
+
+def test_cli_scheduler_override_with_config_keys(folders, tmp_path, capsys):
+    from vidiff.cli import main
+
+    out = tmp_path / "lightning.gif"
+    code = main(["generate", PROMPT, "--model", str(folders / "animatediff"), "--frames", "4", "--steps", "2",
+                 "--height", "16", "--width", "16", "--guidance", "1", "-o", str(out),
+                 "--scheduler", "euler:timestep_spacing=trailing,beta_schedule=linear"])
+    assert code == 0, capsys.readouterr().err
+    assert out.exists()
+    code = main(["generate", PROMPT, "--model", str(folders / "animatediff"), "-o", str(out),
+                 "--scheduler", "euler:timestep_spacing"])
+    assert code == 2 and "must look like key=value" in capsys.readouterr().err
