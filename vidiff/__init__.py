@@ -4,8 +4,10 @@
 `vidiff.VideoPipeline` is loaded on first use, since it pulls in transformers.
 """
 
-from .inflate import inflate
-from .unet import UNet, UNetConfig
+__version__ = "0.1.0"
+
+from .inflate import inflate  # noqa: E402
+from .unet import UNet, UNetConfig  # noqa: E402
 
 __all__ = ["inflate", "UNet", "UNetConfig", "VideoPipeline"]
 

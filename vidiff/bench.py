@@ -99,6 +99,7 @@ def consistency(video, reference=None, fps: float | None = None, analysis_fps: f
     fw, bw = M.flows(sampled, flow)
     motion = M.motion_magnitude(fw)
     dynamic = M.dynamic_degree(fw, h, w, len(sampled))
+    guard = M.motion_guard(fw, h, w)
     params = {"analysis_fps": round(fps / interval, 6)}
     record = {
         "schema": SCHEMA_ID, "video": name, "frames": int(f), "height": int(h), "width": int(w), "fps": float(fps),
@@ -117,6 +118,9 @@ def consistency(video, reference=None, fps: float | None = None, analysis_fps: f
             "dynamic_degree": _entry(dynamic, "higher", 0, 1,
                                      "VBench dynamic degree rule (Huang et al., CVPR 2024); OpenCV flow, not RAFT",
                                      params=params),
+            "motion_guard": _entry(guard, "none", 0, 1, "vidiff static guard: displacement tracked over the clip "
+                                   "vs the random walk of the video's own flow noise floor (per_pair: floors, px)",
+                                   params=params),
             "frame_ssim": _entry(M.frame_ssim(sampled), "higher", -1, 1, "SSIM, Wang et al. 2004", params=params),
             "frame_psnr": _entry(M.frame_psnr(sampled), "higher", 0, M.PSNR_CAP, "PSNR (peak 255)",
                                  params={**params, "identical_frames_db": M.PSNR_CAP}),
@@ -136,10 +140,11 @@ def consistency(video, reference=None, fps: float | None = None, analysis_fps: f
     notes = []
     if len(sampled) < 2:
         notes.append("a single analysis frame: the temporal metrics are undefined (null)")
-    static = bool(len(sampled) < 2 or dynamic.extra["pairs_moving"] == 0)
+    static = bool(len(sampled) < 2 or not guard.value)
     if static and len(sampled) >= 2:
-        notes.append(f"static: no frame pair moves more than {dynamic.extra['threshold_px']:.2f} px "
-                     "(top-5% flow), so flicker, warping error and SSIM are near-perfect by construction")
+        notes.append(f"static: tracked content moves at most {guard.extra['displacement_px']:.1f} px over the clip, "
+                     f"under {guard.extra['bar_px']:.1f} px (what its flow noise explains), so flicker, warping "
+                     "error and SSIM say little about consistency here")
     record["static"], record["notes"] = static, notes
     return record
 

@@ -36,11 +36,35 @@ def _inflate(args: argparse.Namespace) -> None:
         heads = heads[0] if len(heads) == 1 else heads
     model = inflate(args.source, frame_conditioning=args.frame_conditioning,
                     temporal_attention_everywhere=args.temporal_attention_everywhere,
-                    temporal_heads=args.temporal_heads, num_heads=heads)
-    model.save_pretrained(out)
+                    temporal_heads=args.temporal_heads, num_heads=heads, temporal_family=args.family)
     n_new = sum(p.numel() for _, p in model.temporal_parameters())
     n_all = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out}: space-time UNet, {n_all / 1e6:.2f}M parameters ({n_new / 1e6:.2f}M new temporal)")
+    src = Path(args.source)
+    folder = next((d for d in (src, src.parent) if (d / "text_encoder").is_dir() and (d / "tokenizer").is_dir()
+                   and (d / "scheduler").is_dir()), None) if src.is_dir() else None
+    what = f"space-time UNet ({args.family}), {n_all / 1e6:.2f}M parameters ({n_new / 1e6:.2f}M new temporal)"
+    if folder is None:                                # a bare UNet: say what it is and what comes next
+        model.save_pretrained(out)
+        print(f"wrote {out}: {what}. It is a UNet folder, not a model: train it with `vidiff train CONFIG "
+              f"train.init=...`, or place it as unet/ in a folder with text_encoder/, tokenizer/, scheduler/")
+        return
+    import json
+
+    from .codec import load_codec
+    from .pipeline import VideoPipeline
+    from .schedule import NoiseSchedule
+    from .text import TextEncoder
+
+    schedule = NoiseSchedule.for_training(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
+    codec = load_codec(None, folder)
+    size = json.loads((folder / "unet" / "config.json").read_text()).get("sample_size") \
+        if (folder / "unet" / "config.json").exists() else None
+    defaults = {"height": size * codec.factor, "width": size * codec.factor} if size else None
+    pipe = VideoPipeline(model, TextEncoder.from_pretrained(folder), schedule, codec, defaults)
+    pipe.save_pretrained(out)
+    print(f"wrote {out}: a model folder with the {what}, and {folder}'s text encoder, tokenizer, "
+          f"scheduler{' and VAE' if (folder / 'vae').is_dir() else ''}. Its temporal layers start as the "
+          f"identity: `vidiff generate PROMPT --model {out}` makes still videos until it is trained")
 
 
 def _fresh_dir(path) -> None:
@@ -110,20 +134,20 @@ def _scheduler_arg(text: str | None):
     return out
 
 
-def _generate(args: argparse.Namespace) -> None:
-    import os
-    import time
+def _load_pipeline(args: argparse.Namespace):
+    """Check the output and model arguments (cheap, before any work), then load the model."""
     from pathlib import Path
 
     from .io import check_writable, output_kind
 
     out = Path(args.output)
     output_kind(out)                                  # suffix first: cheap and common
-    if args.frames < 1:
-        raise UsageError(f"--frames must be >= 1, got {args.frames}")
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    if output_kind(out) == "png" and args.frames != 1:
+    for flag, value in (("--frames", args.frames), ("--steps", args.steps), ("--upscale", args.upscale)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if args.fps is not None and not args.fps > 0:
+        raise UsageError(f"--fps must be > 0, got {args.fps:g}")
+    if output_kind(out) == "png" and args.frames not in (None, 1):
         raise UsageError(f"-o {out}: a .png holds one frame; use --frames 1, or .mp4/.gif/a folder")
     check_writable(out)
     if out.exists() and output_kind(out) == "folder" and any(out.iterdir()):
@@ -134,43 +158,95 @@ def _generate(args: argparse.Namespace) -> None:
         if not (DEFAULT_MODEL / "model_index.json").exists():
             raise UsageError(f"the default model is not installed at {DEFAULT_MODEL}; pass --model DIR")
         args.model = str(DEFAULT_MODEL)
+    if Path(args.model).is_file():
+        raise UsageError(f"--model {args.model}: is a file, not a model folder (a folder with model_index.json)")
     if not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: folder does not exist")
     if args.motion_adapter is not None and not Path(args.motion_adapter).exists():
         raise UsageError(f"--motion-adapter {args.motion_adapter}: does not exist")
-    image = None
-    if args.image is not None:
-        from .io import read_image
-
-        if not os.path.isfile(args.image):
-            raise UsageError(f"--image {args.image}: file does not exist")
-        image = read_image(args.image)
     import torch
 
     from .pipeline import VideoPipeline
 
-    dtype = _dtype(args.dtype)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available here; use --device cpu")
-    pipe = VideoPipeline.from_pretrained(args.model, motion_adapter=args.motion_adapter, device=args.device,
-                                         dtype=dtype, scheduler=_scheduler_arg(args.scheduler))
-    kwargs = dict(negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height,
-                  width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  sampler=args.sampler, seed=args.seed, mode=args.mode, chunk=args.chunk,
-                  context=args.context, fps=args.fps)
+    return VideoPipeline.from_pretrained(args.model, motion_adapter=args.motion_adapter, device=args.device,
+                                         dtype=_dtype(args.dtype), scheduler=_scheduler_arg(args.scheduler))
+
+
+def _read_frames(flag: str, path: str):
+    """An image, or the frames of a video / GIF / frame folder, named on the command line."""
+    from .pipeline import load_frames
+
+    if not os.path.exists(path):
+        raise UsageError(f"{flag} {path}: file does not exist")
+    return load_frames(path)
+
+
+def _run(args: argparse.Namespace, pipe, frames: int, height: int, width: int, make) -> None:
+    """Guard memory, pick and print the seed, run `make(kwargs)`, save with the settings inside."""
+    import random
+    import time
+
+    pipe.check_args(frames, height, width, args.steps, args.sampler, args.mode, args.chunk, args.context,
+                    1.0 if args.guidance is None else args.guidance, args.fps or 8)
+    guidance = pipe.defaults.get("guidance_scale", 7.5) if args.guidance is None else args.guidance
+    pipe.guard(frames, height, width, args.mode, args.chunk, guidance > 1, args.force)
+    if args.seed is None:
+        args.seed = random.randrange(2 ** 31)
+        print(f"seed {args.seed} (pass --seed {args.seed} to make this video again)")
+    kwargs = dict(negative_prompt=args.negative_prompt, height=height, width=width, num_inference_steps=args.steps,
+                  guidance_scale=args.guidance, sampler=args.sampler, seed=args.seed, fps=args.fps)
     t0 = time.perf_counter()
-    if image is None:
-        video = pipe(args.prompt, first_frame_first=args.first_frame_first, **kwargs)  # validates every argument first
-    else:
-        kwargs["height"], kwargs["width"] = args.height or image.shape[0], args.width or image.shape[1]
-        if image.shape[:2] != (kwargs["height"], kwargs["width"]):
-            raise UsageError(f"--image is {image.shape[1]}x{image.shape[0]}; it must match "
-                             f"--width/--height {kwargs['width']}x{kwargs['height']}")
-        video = pipe.animate(image, args.prompt, **kwargs)
+    video = make(kwargs)
     seconds = time.perf_counter() - t0
-    video.save(out)
+    video.save(args.output, upscale=args.upscale)
     f, h, w, _ = video.frames.shape
-    print(f"wrote {out}: {f} frame{'s' * (f != 1)} {w}x{h} at {video.fps:g} fps in {seconds:.1f}s")
+    up = f", shown {args.upscale}x" if args.upscale > 1 else ""
+    print(f"wrote {args.output}: {f} frame{'s' * (f != 1)} {w}x{h}{up} at {video.fps:g} fps in {seconds:.1f}s "
+          f"(seed {args.seed}; settings stored in the file)")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    pipe = _load_pipeline(args)
+    d = pipe.defaults
+    frames = d["num_frames"] if args.frames is None else args.frames     # the model's own length by default
+    height, width = args.height or d["height"], args.width or d["width"]
+    if args.image is None:
+        _run(args, pipe, frames, height, width, lambda kw: pipe(
+            args.prompt, num_frames=frames, mode=args.mode, chunk=args.chunk, context=args.context,
+            first_frame_first=args.first_frame_first, **kw))
+        return
+    first = _read_frames("--image", args.image)[0]
+    _run(args, pipe, frames, height, width, lambda kw: pipe.animate(
+        first, args.prompt, resize=args.resize, num_frames=frames, mode=args.mode, chunk=args.chunk,
+        context=args.context, **kw))
+
+
+def _extend(args: argparse.Namespace) -> None:
+    pipe = _load_pipeline(args)
+    video = _read_frames("video", args.video)
+    h, w = video.shape[1:3]
+    if (h, w) != (args.height or h, args.width or w):
+        raise UsageError(f"{args.video} is {w}x{h}; extend keeps the video's size (drop --height/--width)")
+    frames = pipe.defaults["num_frames"] if args.frames is None else args.frames
+    args.mode = "autoregressive"
+    _run(args, pipe, len(video) + frames, h, w, lambda kw: pipe.extend(
+        video, args.prompt, num_frames=frames, chunk=args.chunk, context=args.context,
+        **{k: v for k, v in kw.items() if k not in ("height", "width")}))
+
+
+def _interpolate(args: argparse.Namespace) -> None:
+    pipe = _load_pipeline(args)
+    first, last = _read_frames("first", args.first)[-1], _read_frames("last", args.last)[0]
+    if first.shape != last.shape:
+        raise UsageError(f"first is {first.shape[1]}x{first.shape[0]}, last is {last.shape[1]}x{last.shape[0]}; "
+                         "they must be the same size")
+    frames = pipe.defaults["num_frames"] if args.frames is None else args.frames
+    if frames < 3:
+        raise UsageError(f"--frames must be >= 3 for interpolation (first, at least one between, last), got {frames}")
+    _run(args, pipe, frames, first.shape[0], first.shape[1], lambda kw: pipe.interpolate(
+        first, last, args.prompt, num_frames=frames, **kw))
 
 
 def _data_shapes(args: argparse.Namespace) -> None:
@@ -275,40 +351,65 @@ def _bench_shapes(args: argparse.Namespace) -> None:
         print(f"wrote {args.sheet}")
 
 
+def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
+    """The options generate / extend / interpolate share."""
+    p.add_argument("-o", "--output", default="out.mp4", help="output: .mp4, .gif, .png (one frame) or a folder")
+    p.add_argument("--model", default=None, help="model folder (default: the shipped shapes-64 model)")
+    p.add_argument("--frames", type=int, default=None, help=frames_help)
+    p.add_argument("--height", type=int, default=None, help="pixels (default: the model's); a multiple of its factor")
+    p.add_argument("--width", type=int, default=None, help="pixels (default: the model's); a multiple of its factor")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of the output (default: the model's)")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's, else 7.5)")
+    p.add_argument("--negative-prompt", default=None, help="what to steer away from")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed and stored)")
+    p.add_argument("--sampler", default=None, choices=["ddim", "euler", "euler_ancestral", "dpmpp_2m", "lcm"],
+                   help="default: the one the model folder's scheduler names")
+    p.add_argument("--scheduler", default=None,
+                   help="replace the folder's scheduler: NAME[:key=value,...], e.g. ddim, LCMScheduler, "
+                        "EulerDiscreteScheduler:timestep_spacing=trailing,beta_schedule=linear")
+    p.add_argument("--motion-adapter", default=None,
+                   help="AnimateDiff motion module for a Stable Diffusion --model: MotionAdapter folder or .safetensors")
+    p.add_argument("--chunk", type=int, default=16, help="frames per window in autoregressive mode")
+    p.add_argument("--context", type=int, default=4, help="frames carried into each new window")
+    p.add_argument("--upscale", type=int, default=1, help="save each pixel as an n x n block (for viewing small videos)")
+    p.add_argument("--force", action="store_true", help="run even when the memory estimate says it will not fit")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from . import __version__
+
     p = Parser(prog="vidiff", description="Image diffusion models extended to video.")
+    p.add_argument("--version", action="version", version=f"vidiff {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="text-to-video (or image-to-video with --image)")
     gen.add_argument("prompt", help="what the video shows")
-    gen.add_argument("-o", "--output", default="out.mp4", help="output: .mp4, .gif, .png (one frame) or a folder")
-    gen.add_argument("--model", default=None, help="model folder (diffusers layout; default: the shipped shapes-64 model)")
-    gen.add_argument("--frames", type=int, default=16, help="number of frames (1 = an image)")
-    gen.add_argument("--height", type=int, default=None, help="pixels; a multiple of the model's factor")
-    gen.add_argument("--width", type=int, default=None, help="pixels; a multiple of the model's factor")
-    gen.add_argument("--fps", type=float, default=None, help="frame rate of the output (default: the model's)")
-    gen.add_argument("--steps", type=int, default=25, help="sampling steps")
-    gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's, else 7.5)")
-    gen.add_argument("--negative-prompt", default=None, help="what to steer away from")
-    gen.add_argument("--seed", type=int, default=None, help="random seed (same seed, same video)")
-    gen.add_argument("--sampler", default=None, choices=["ddim", "euler", "euler_ancestral", "dpmpp_2m", "lcm"],
-                     help="default: the one the model folder's scheduler names")
-    gen.add_argument("--scheduler", default=None,
-                     help="replace the folder's scheduler: NAME[:key=value,...], e.g. ddim, LCMScheduler, "
-                          "EulerDiscreteScheduler:timestep_spacing=trailing,beta_schedule=linear")
-    gen.add_argument("--motion-adapter", default=None,
-                     help="AnimateDiff motion module for a Stable Diffusion --model: MotionAdapter folder or .safetensors")
+    _generation_args(gen, frames_help="number of frames (default: the model's; 1 = an image)")
     gen.add_argument("--mode", default="all", choices=["all", "autoregressive"])
-    gen.add_argument("--chunk", type=int, default=16, help="frames per window in autoregressive mode")
-    gen.add_argument("--context", type=int, default=4, help="frames carried into each new window")
-    gen.add_argument("--image", default=None, help="first frame (image-to-video)")
+    gen.add_argument("--image", default=None, help="first frame (image-to-video): an image, or a video's first frame")
+    gen.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"],
+                     help="fit --image to the output size (default crop: cover, then centre crop)")
     gen.add_argument("--first-frame-first", action=argparse.BooleanOptionalAction, default=None,
                      help="text-to-video as frame 0 first, then image-to-video from it "
                           "(default: the model's setting; shapes-64: on)")
-    gen.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     gen.set_defaults(run=_generate)
+
+    ext = sub.add_parser("extend", help="continue a video by new frames, chunk by chunk")
+    ext.add_argument("video", help="video, GIF or frame folder to continue")
+    ext.add_argument("--prompt", default="", help="what the continuation shows")
+    _generation_args(ext, frames_help="new frames to add (default: the model's length)")
+    ext.set_defaults(run=_extend, mode="autoregressive")
+
+    itp = sub.add_parser("interpolate", help="frames between a first and a last image (both kept)")
+    itp.add_argument("first", help="first frame (an image, or a video's last frame)")
+    itp.add_argument("last", help="last frame (an image, or a video's first frame)")
+    itp.add_argument("--prompt", default="", help="what the video shows")
+    _generation_args(itp, frames_help="frames in all, first and last included (default: the model's)")
+    itp.set_defaults(run=_interpolate, mode="all")
 
     conv = sub.add_parser("convert", help="write a community model (AnimateDiff, ModelScope, SD + adapter) as a vidiff folder")
     conv.add_argument("source", help="diffusers AnimateDiffPipeline / TextToVideoSDPipeline / SD folder, or a vidiff folder")
@@ -329,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--frame-conditioning", action="store_true", help="add [cond*mask, mask] inputs (i2v, continuation)")
     inf.add_argument("--temporal-attention-everywhere", action="store_true", help="temporal attention at attention-free levels too")
     inf.add_argument("--temporal-heads", type=int, default=8, help="heads of the temporal attention (default 8)")
+    inf.add_argument("--family", default="vidiff", choices=["vidiff", "animatediff", "modelscope"],
+                     help="temporal layers to add (default vidiff; animatediff = a fresh motion module)")
     inf.add_argument("--num-heads", default=None, help="spatial heads (int or per-level list a,b,c) for a bare state dict")
     inf.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     inf.set_defaults(run=_inflate)
@@ -379,9 +482,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warnings() -> None:
+    """Warnings on the command line are one line each: `vidiff: warning: ...`."""
+    import logging
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"vidiff: warning: {str(message).strip().splitlines()[0]}", file=sys.stderr)
+    warnings.showwarning = show
+    for name in ("diffusers", "transformers"):       # their notices are for library users, not this CLI
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vidiff` console script."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        parser.print_help()
+        return 0
+    _one_line_warnings()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:     # argparse prints its own one-line usage error

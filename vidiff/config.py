@@ -10,6 +10,7 @@ NoiseSchedule, the codecs), which also reject unknown keys.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -90,6 +91,20 @@ SECTIONS = {"text": TextConfig, "data": DataConfig, "train": TrainConfig}
 FREE_SECTIONS = ("model", "schedule", "codec")
 
 
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+def _number(value):
+    """YAML 1.1 reads `1e-8` (exponent, no dot) as a string; read it as the float it is."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _number(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_number(v) for v in value]
+    return value
+
+
 def _check_type(key: str, value, default):
     """Reject a value whose type cannot be the field's (`steps=abc`, `lr=[1]`)."""
     if default is None or value is None:
@@ -116,6 +131,7 @@ def _check_type(key: str, value, default):
 
 
 def _set(cfg: Config, section: str, key: str, value) -> None:
+    value = _number(value)
     if section in FREE_SECTIONS:
         getattr(cfg, section)[key] = value
         return
@@ -140,7 +156,7 @@ def parse_override(cfg: Config, item: str) -> None:
     if key in FREE_SECTIONS:                 # model={...}: replace the whole section
         if not isinstance(value, dict):
             raise ValueError(f"override {key}= must be a mapping like {{a: 1}}, got {raw!r}")
-        setattr(cfg, key, value)
+        setattr(cfg, key, _number(value))
         return
     if "." in key:
         section, name = key.split(".", 1)

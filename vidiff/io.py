@@ -24,6 +24,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 WRITE_FORMATS = ".mp4, .gif, .png (one frame) or a folder (PNG frames)"
 
 
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (Linux MemAvailable), or None where unknown."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def as_frames(video) -> np.ndarray:
     """Coerce frames to `f h w 3` uint8 (accepts `h w 3`, grayscale, or a `.frames` object)."""
     frames = getattr(video, "frames", video)
@@ -65,9 +76,17 @@ def check_writable(path: str | os.PathLike) -> None:
         raise ValueError(f"output folder {str(parent)!r} is not writable")
 
 
-def write_video(video, path: str | os.PathLike, fps: float = 8.0, quality: int = 18) -> Path:
-    """Write frames to `path`; the suffix picks MP4, GIF, PNG (one frame) or a PNG-frame folder."""
+def write_video(video, path: str | os.PathLike, fps: float = 8.0, quality: int = 18,
+                metadata: dict | None = None) -> Path:
+    """Write frames to `path`; the suffix picks MP4, GIF, PNG (one frame) or a PNG-frame folder.
+
+    `metadata` (the settings that made the video) is stored as JSON inside the file: the MP4
+    `comment` tag, the GIF comment, a PNG text chunk, or `settings.json` in a frame folder.
+    """
+    import json
+
     frames, path = as_frames(video), Path(path)
+    meta = json.dumps(metadata, sort_keys=True) if metadata else None
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     kind = output_kind(path)
@@ -75,10 +94,10 @@ def write_video(video, path: str | os.PathLike, fps: float = 8.0, quality: int =
         raise ValueError(f"{path}: a .png holds one frame, got {len(frames)}; use .mp4, .gif or a folder")
     check_writable(path)
     if kind == "folder":
-        return _write_folder(frames, path)
+        return _write_folder(frames, path, meta)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
     try:
-        {"mp4": _write_mp4, "gif": _write_gif, "png": _write_png}[kind](frames, tmp, fps, quality)
+        {"mp4": _write_mp4, "gif": _write_gif, "png": _write_png}[kind](frames, tmp, fps, quality, meta)
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise RuntimeError(f"the encoder wrote an empty file for {path}")
         os.replace(tmp, path)
@@ -98,7 +117,7 @@ def even_size(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def _write_mp4(frames: np.ndarray, path: Path, fps: float, quality: int) -> None:
+def _write_mp4(frames: np.ndarray, path: Path, fps: float, quality: int, meta: str | None = None) -> None:
     import imageio_ffmpeg
 
     frames = even_size(frames)
@@ -106,7 +125,8 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: float, quality: int) -> None
     # macro_block_size=1: never resize. -crf sets quality; yuv420p for every player.
     writer = imageio_ffmpeg.write_frames(
         str(path), (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-        macro_block_size=1, quality=None, output_params=["-crf", str(quality), "-preset", "medium"],
+        macro_block_size=1, quality=None,
+        output_params=["-crf", str(quality), "-preset", "medium"] + (["-metadata", f"comment={meta}"] if meta else []),
         ffmpeg_log_level="error")
     writer.send(None)
     try:
@@ -116,18 +136,79 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: float, quality: int) -> None
         writer.close()
 
 
-def _write_gif(frames: np.ndarray, path: Path, fps: float, quality: int) -> None:
+def _write_gif(frames: np.ndarray, path: Path, fps: float, quality: int, meta: str | None = None) -> None:
     from PIL import Image
 
     images = [Image.fromarray(f) for f in frames]
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                   duration=max(1, round(1000 / fps)), loop=0)
+                   duration=max(1, round(1000 / fps)), loop=0, **({"comment": meta.encode()} if meta else {}))
 
 
-def _write_png(frames: np.ndarray, path: Path, fps: float, quality: int) -> None:
+def _write_png(frames: np.ndarray, path: Path, fps: float, quality: int, meta: str | None = None) -> None:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if meta:
+        info.add_text("vidiff", meta)
+    Image.fromarray(frames[0]).save(path, format="PNG", pnginfo=info)
+
+
+def read_settings(path: str | os.PathLike) -> dict | None:
+    """The settings `write_video` stored in a video or image (None if there are none)."""
+    import json
+
+    path = Path(path)
+    raw = None
+    if path.is_dir():
+        file = path / "settings.json"
+        raw = file.read_text() if file.exists() else None
+    elif path.suffix.lower() in (".png", ".gif"):
+        from PIL import Image
+
+        with Image.open(path) as im:
+            raw = im.info.get("vidiff") or im.info.get("comment")
+    else:
+        import av
+
+        with av.open(str(path)) as container:
+            raw = container.metadata.get("comment")
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    try:
+        return json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        return None
+
+
+def fit_frame(frame: np.ndarray, height: int, width: int, how: str = "crop") -> np.ndarray:
+    """Resize `h w 3` uint8 to height x width: `crop` (cover, centre crop), `pad` (fit, black bars) or `stretch`."""
     from PIL import Image
 
-    Image.fromarray(frames[0]).save(path, format="PNG")
+    if how not in ("crop", "pad", "stretch"):
+        raise ValueError(f"resize must be one of crop, pad, stretch, got {how!r}")
+    h, w = frame.shape[:2]
+    if (h, w) == (height, width):
+        return frame
+    im = Image.fromarray(frame)
+    if how == "stretch":
+        return np.asarray(im.resize((width, height), Image.LANCZOS))
+    scale = (max if how == "crop" else min)(height / h, width / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    im = np.asarray(im.resize((nw, nh), Image.LANCZOS))
+    if how == "crop":
+        top, left = (nh - height) // 2, (nw - width) // 2
+        return np.ascontiguousarray(im[top:top + height, left:left + width])
+    out = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    out[top:top + nh, left:left + nw] = im
+    return out
+
+
+def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscale by an integer factor (for looking at small videos; adds no detail)."""
+    if factor < 1:
+        raise ValueError(f"upscale factor must be >= 1, got {factor}")
+    return frames if factor == 1 else frames.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
 def write_folder_atomically(path: str | os.PathLike, write) -> Path:
@@ -150,12 +231,14 @@ def write_folder_atomically(path: str | os.PathLike, write) -> Path:
     return path
 
 
-def _write_folder(frames: np.ndarray, path: Path) -> Path:
+def _write_folder(frames: np.ndarray, path: Path, meta: str | None = None) -> Path:
     from PIL import Image
 
     def write(tmp):
         for i, frame in enumerate(frames):
             Image.fromarray(frame).save(tmp / f"frame_{i:05d}.png")
+        if meta:
+            (tmp / "settings.json").write_text(meta + "\n")
     return write_folder_atomically(path, write)
 
 

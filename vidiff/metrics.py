@@ -162,6 +162,42 @@ def dynamic_degree(flow_list, height: int, width: int, num_frames: int) -> Score
                  {"threshold_px": threshold, "pairs_needed": needed, "pairs_moving": count, "approximate": True})
 
 
+def track_displacement(flow_list, stride: int = 2) -> np.ndarray:
+    """Net displacement (px) of a grid of points carried from the first frame through every forward flow."""
+    cv2 = _cv2()
+    h, w = flow_list[0].shape[:2]
+    ys, xs = np.mgrid[0:h:stride, 0:w:stride].astype(np.float32)
+    px, py = xs.copy(), ys.copy()
+    for fl in flow_list:
+        fx = cv2.remap(np.ascontiguousarray(fl[..., 0]), px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        fy = cv2.remap(np.ascontiguousarray(fl[..., 1]), px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        px, py = np.clip(px + fx, 0, w - 1), np.clip(py + fy, 0, h - 1)
+    return np.hypot(px - xs, py - ys)
+
+
+def motion_guard(flow_list, height: int, width: int) -> Score:
+    """Does anything really move? True when tracked content travels further than sampling noise explains.
+
+    Unlike VBench's per-pair rule it accumulates motion over the clip (a shape that creeps 1.3 px a
+    frame moves 30 px in 24 frames), and it measures the video's own noise floor: per pair, the
+    median deviation of the flow from its median vector (flow on noise points every way; a pan or a
+    moving object leaves most of it coherent). Moving = the top 1% of tracked displacements exceeds
+    both VBench's per-pair threshold and 4x the random walk that noise floor would produce.
+    """
+    if not flow_list:
+        return Score(None)
+    floors = []
+    for fl in flow_list:
+        dev = fl.reshape(-1, 2) - np.median(fl.reshape(-1, 2), axis=0)
+        floors.append(float(np.median(np.hypot(dev[:, 0], dev[:, 1]))))
+    noise_walk = float(np.sqrt(np.sum(np.square(floors))))
+    net = track_displacement(flow_list)
+    moved = float(np.percentile(net, 99))
+    bar = max(2 * 6.0 * min(height, width) / 256.0, 4.0 * noise_walk)   # twice VBench's per-pair threshold
+    return Score(bool(moved > bar), np.array(floors),
+                 {"displacement_px": moved, "noise_walk_px": noise_walk, "bar_px": bar})
+
+
 # ---- frame similarity --------------------------------------------------------------------------------
 def _ssim(a: np.ndarray, b: np.ndarray) -> float:
     cv2 = _cv2()

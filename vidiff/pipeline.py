@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 from einops import rearrange
 
 from .codec import PixelCodec, VaeCodec, load_codec
-from .io import as_frames, read_video, write_video
+from .io import as_frames, available_memory, fit_frame, read_video, write_video
 from .samplers import get_sampler
 from .schedule import Denoiser, NoiseSchedule, per_frame
 from .text import TextEncoder
@@ -36,10 +36,16 @@ class Video:
 
     frames: np.ndarray
     fps: float = 8.0
+    settings: dict = field(default_factory=dict)   # what made it (seed included); saved inside the file
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write MP4 / GIF / PNG / frame folder by suffix (atomically)."""
-        return write_video(self.frames, path, fps=self.fps)
+    def save(self, path: str | os.PathLike, upscale: int = 1) -> Path:
+        """Write MP4 / GIF / PNG / frame folder by suffix (atomically), with the settings as metadata.
+
+        `upscale` enlarges each pixel to an n x n block, for looking at small videos.
+        """
+        from .io import upscale as _upscale
+
+        return write_video(_upscale(self.frames, upscale), path, fps=self.fps, metadata=self.settings or None)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -47,7 +53,7 @@ class Video:
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
     """`f h w 3` uint8 -> `1 3 f h w` float in [-1, 1]."""
-    x = torch.from_numpy(as_frames(frames)).float() / 127.5 - 1
+    x = torch.from_numpy(np.require(as_frames(frames), requirements=["C", "W"])).float() / 127.5 - 1
     return rearrange(x, "f h w c -> 1 c f h w")
 
 
@@ -173,6 +179,48 @@ class VideoPipeline:
             raise ValueError(f"fps must be > 0, got {fps!r}")
         return f, h, w
 
+    # ---- guards ------------------------------------------------------------------------------
+    def estimate_memory(self, num_frames: int, height: int, width: int, mode: str = "all", chunk: int = 16,
+                        guidance: bool = True) -> int:
+        """Rough peak bytes of one generation: UNet activations of one window, the whole video's
+        latents and frames, VAE decoding, weights. Calibrated on shapes-64 (measured/estimate ~0.75)."""
+        r = self.codec.factor
+        window = num_frames if mode == "all" else min(chunk, num_frames)
+        h, w = max(1, height // r), max(1, width // r)
+        ch = self.unet.config.block_out_channels
+        per_frame = sum(c * max(1, h >> i) * max(1, w >> i) for i, c in enumerate(ch))
+        elem = torch.finfo(self.dtype).bits // 8
+        unet = (2 if guidance else 1) * window * per_frame * elem * 24          # ~18 measured, +1/3 margin
+        video = num_frames * (self.codec.channels * h * w * 4 * 3 + height * width * 3)
+        vae = 8 * 128 * height * width * 4 * 6 if isinstance(self.codec, VaeCodec) else 0
+        weights = sum(p.numel() * p.element_size() for p in self.unet.parameters())
+        return int(unet + video + vae + weights)
+
+    def guard(self, num_frames: int, height: int, width: int, mode: str = "all", chunk: int = 16,
+              guidance: bool = True, force: bool = False) -> None:
+        """Warn when a request is far outside what the model was trained on; refuse (unless `force`)
+        one whose estimated peak memory exceeds what this machine has free, before any work."""
+        import warnings
+
+        d = self.defaults
+        far = [f"{width}x{height} (trained at {d['width']}x{d['height']})"
+               for _ in [0] if not (0.5 <= height / d["height"] <= 2 and 0.5 <= width / d["width"] <= 2)]
+        window = num_frames if mode == "all" else min(chunk, num_frames)
+        if window > 2 * d["num_frames"]:
+            far.append(f"{window} frames in one window (trained on {d['num_frames']})")
+        if far:
+            warnings.warn(f"{' and '.join(far)} is far outside what the model was trained on; expect poor results")
+        need, free = self.estimate_memory(num_frames, height, width, mode, chunk, guidance), available_memory()
+        if force or free is None or need <= 0.9 * free:
+            return
+        gib = 2 ** 30
+        msg = (f"{num_frames} frames at {width}x{height} need about {need / gib:.1f} GiB (estimate), more than "
+               f"the {free / gib:.1f} GiB free here")
+        ar = self.estimate_memory(num_frames, height, width, "autoregressive", min(chunk, 16), guidance)
+        if mode == "all" and ar <= 0.9 * free:
+            msg += f"; --mode autoregressive --chunk {min(chunk, 16)} needs about {ar / gib:.1f} GiB"
+        raise ValueError(msg + "; --force tries anyway")
+
     # ---- generation --------------------------------------------------------------------------
     def __call__(self, prompt: str = "", negative_prompt: str | None = None, num_frames: int | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 25,
@@ -202,13 +250,14 @@ class VideoPipeline:
             if latents.ndim != 5 or latents.shape[1] != c:
                 raise ValueError(f"latents must be (b, {c}, f, h/{r}, w/{r}), got {tuple(latents.shape)}")
             b, num_frames, height, width = latents.shape[0], latents.shape[2], latents.shape[3] * r, latents.shape[4] * r
-        fps = fps or self.defaults["fps"]
+        fps = self.defaults["fps"] if fps is None else fps
         sampler = sampler or self.schedule.sampler
         guidance_scale = self.defaults.get("guidance_scale", 7.5) if guidance_scale is None else guidance_scale
         f, h, w = self.check_args(num_frames, height, width, num_inference_steps, sampler, mode, chunk,
                                   context, guidance_scale, fps)
-        g = generator or torch.Generator(device="cpu").manual_seed(
-            int(torch.randint(0, 2 ** 31, ()).item()) if seed is None else seed)
+        if seed is None and generator is None:
+            seed = int(torch.randint(0, 2 ** 31, ()).item())      # recorded in the settings: reproducible
+        g = generator or torch.Generator(device="cpu").manual_seed(seed)
         if first_frame_first is None:
             first_frame_first = bool(self.defaults.get("first_frame_first", False))
         if first_frame_first and not self.unet.config.frame_conditioning:
@@ -229,15 +278,34 @@ class VideoPipeline:
             out = self._autoregressive(shape, known, chunk, context, noise=latents, **run)
         if output_type == "latent":
             return out
-        videos = [Video(self._decode(out[i:i + 1]), fps) for i in range(b)]
+        import vidiff
+
+        settings = {"prompt": prompt, "negative_prompt": negative_prompt, "num_frames": f, "height": h, "width": w,
+                    "num_inference_steps": num_inference_steps, "sampler": sampler, "eta": eta, "seed": seed,
+                    "guidance_scale": guidance_scale if isinstance(guidance_scale, (int, float)) else list(guidance_scale),
+                    "mode": mode, "chunk": chunk, "context": context, "fps": fps,
+                    "first_frame_first": bool(first_frame_first), "given_frames": sorted(given or {}),
+                    "model": getattr(self, "source", None), "vidiff": getattr(vidiff, "__version__", None)}
+        videos = [Video(self._decode(out[i:i + 1]), fps, dict(settings)) for i in range(b)]
         return videos[0] if b == 1 else videos
 
-    def animate(self, image, prompt: str = "", **kwargs) -> Video:
-        """Image-to-video: frame 0 is `image` (path, PIL, numpy `h w 3` uint8)."""
+    def animate(self, image, prompt: str = "", resize: str | None = None, **kwargs) -> Video:
+        """Image-to-video: frame 0 is `image` (path, PIL, numpy `h w 3` uint8; a video gives its first frame).
+
+        `resize` (crop / pad / stretch) fits the image to `height` x `width` (default: the model's
+        size); without it the image's own size is used.
+        """
+        import warnings
+
         frame = load_frames(image)[0]
         h, w = frame.shape[:2]
-        kwargs.setdefault("height", h)
-        kwargs.setdefault("width", w)
+        if resize is not None:
+            th, tw = kwargs.get("height") or self.defaults["height"], kwargs.get("width") or self.defaults["width"]
+            if (h, w) != (th, tw):
+                warnings.warn(f"resized the {w}x{h} image to {tw}x{th} ({resize})")
+                frame = fit_frame(frame, th, tw, resize)
+            h, w = th, tw
+        kwargs["height"], kwargs["width"] = h, w
         return self(prompt, given={0: frame}, **kwargs)
 
     def interpolate(self, first, last, prompt: str = "", num_frames: int | None = None, **kwargs) -> Video:

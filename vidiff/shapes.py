@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -120,15 +121,30 @@ def make_shapes_dataset(out: str | os.PathLike, clips: int = 1000, seed: int = 0
     out = Path(out)
     if (out / "metadata.jsonl").exists():
         raise ValueError(f"{str(out)!r} already holds a dataset (metadata.jsonl); choose another --out")
+    need = size * size * 3 * num_frames * 4 * 4        # one clip rendered in float32, a few copies
+    from .io import available_memory
+
+    free = available_memory()
+    if free is not None and need > 0.5 * free:
+        raise ValueError(f"one {num_frames}-frame clip at {size}x{size} needs about {need / 2 ** 30:.1f} GiB to "
+                         f"render, more than half the {free / 2 ** 30:.1f} GiB free; use a smaller --size (64 is the default)")
+    created = [p for p in (out, out / "clips") if not p.exists()]
     (out / "clips").mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in tqdm(range(clips), desc="shapes", disable=not progress):
-        color, shape, motion = clip_spec(i, seed, include_holdout)
-        frames = render_clip(color, shape, motion, np.random.default_rng([seed, i]), size, num_frames)
-        rel = f"clips/{i:06d}.mp4"
-        write_video(frames, out / rel, fps=fps, quality=12)
-        rows.append({"path": rel, "caption": caption(color, shape, motion), "fps": fps,
-                     "color": color, "shape": shape, "motion": motion})
+    try:
+        for i in tqdm(range(clips), desc="shapes", disable=not progress):
+            color, shape, motion = clip_spec(i, seed, include_holdout)
+            frames = render_clip(color, shape, motion, np.random.default_rng([seed, i]), size, num_frames)
+            rel = f"clips/{i:06d}.mp4"
+            write_video(frames, out / rel, fps=fps, quality=12)
+            rows.append({"path": rel, "caption": caption(color, shape, motion), "fps": fps,
+                         "color": color, "shape": shape, "motion": motion})
+    except BaseException:                              # nothing partial: remove what this call wrote
+        for r in rows:
+            (out / r["path"]).unlink(missing_ok=True)
+        for p in reversed(created):
+            shutil.rmtree(p, ignore_errors=True)
+        raise
     # metadata last, atomically: a dataset folder with metadata.jsonl is complete
     tmp = out / f".metadata.jsonl.tmp{os.getpid()}"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))

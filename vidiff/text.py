@@ -12,14 +12,22 @@ import torch
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
 
+def word_normalizer():
+    """Unicode NFKC, lower case, punctuation to spaces: "A red circle, moving right." == "a red circle moving right"."""
+    from tokenizers import Regex, normalizers
+
+    return normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(),
+                                 normalizers.Replace(Regex(r"[^\w\s]"), " ")])
+
+
 def word_tokenizer(words, max_length: int = 16):
     """A lower-casing word-level `PreTrainedTokenizerFast` over `words`, built in memory (no download)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate(SPECIALS + tuple(dict.fromkeys(w.lower() for w in words)))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
+    tok.normalizer = word_normalizer()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])])
@@ -89,6 +97,9 @@ class TextEncoder:
         unk = self.tokenizer.unk_token_id
         if unk is None:
             return []
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and backend.normalizer is not None:
+            prompt = backend.normalizer.normalize_str(prompt)     # judge words as the model will see them
         return [w for w in prompt.split() if unk in self.tokenizer(w, add_special_tokens=False)["input_ids"]]
 
     @torch.no_grad()

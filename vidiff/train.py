@@ -130,6 +130,30 @@ def _with_overrides(unet: UNet, overrides: dict) -> UNet:
     return new
 
 
+def _check_size(cfg: Config, codec_factor: int, unet_factor: int) -> None:
+    """data.height / data.width must survive the codec and the UNet's downsampling: say so in pixels."""
+    m = codec_factor * unet_factor
+    for name in ("height", "width"):
+        v = getattr(cfg.data, name)
+        if v < m or v % m:
+            raise ValueError(f"data.{name}={v} must be a multiple of {m} pixels (codec factor {codec_factor} "
+                             f"x UNet downsampling {unet_factor}); e.g. {max(m, v // m * m)}")
+
+
+def _truncate_log(log_file: Path, step: int) -> None:
+    """Keep only the log lines of steps <= `step` (atomically)."""
+    keep = []
+    for line in log_file.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue                            # a line cut off by a kill
+    tmp = log_file.with_name(log_file.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    os.replace(tmp, log_file)
+
+
 def check(cfg: Config) -> None:
     """Reject bad training settings before any work, one line naming the value."""
     t, d = cfg.train, cfg.data
@@ -360,6 +384,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
     ckpt_dir = out / "checkpoints"
 
     unet, text, schedule, codec = build_models(cfg)
+    _check_size(cfg, codec.factor, unet.config.downsample_factor)      # before anything is written
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if t.freeze_spatial:
@@ -406,6 +431,8 @@ def train(cfg: Config, progress: bool = True) -> dict:
                                  state.get("image_samples", 0), d.num_workers), device, codec)
     skipped = set(ds.skipped) | set(state["runtime_skipped"])
     log_file = out / "log.jsonl"
+    if accelerator.is_main_process and log_file.exists():
+        _truncate_log(log_file, step)        # a resumed run re-logs the steps after its checkpoint
     samples_file = out / f"samples-rank{rank}.jsonl" if t.log_samples else None
     bar = tqdm(total=t.steps, initial=step, disable=not (progress and accelerator.is_main_process), desc="train")
     window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
