@@ -93,6 +93,8 @@ def consistency(video, reference=None, fps: float | None = None, analysis_fps: f
         raise ValueError(f"flow must be one of {list(M.FLOW_METHODS)}, got {flow!r}")
     if not analysis_fps > 0:
         raise ValueError(f"analysis fps must be > 0, got {analysis_fps}")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps:g}")
     frames, fps, name = _load(video, fps)
     f, h, w, _ = frames.shape
     sampled, interval = M.sample_frames(frames, fps, analysis_fps)

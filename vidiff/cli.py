@@ -294,6 +294,8 @@ def _bench_consistency(args: argparse.Namespace) -> int:
     _check_outputs(("--json", args.json, ".json"), ("--plot", args.plot, ".png"))
     if not args.analysis_fps > 0:
         raise UsageError(f"--analysis-fps must be > 0, got {args.analysis_fps}")
+    if args.fps is not None and not args.fps > 0:
+        raise UsageError(f"--fps must be > 0, got {args.fps:g}")
     if args.clip_model is not None and not os.path.isdir(args.clip_model):
         raise UsageError(f"--clip-model {args.clip_model}: folder does not exist")
     reference = None

@@ -208,18 +208,17 @@ class VideoPipeline:
         window = num_frames if mode == "all" else min(chunk, num_frames)
         if window > 2 * d["num_frames"]:
             far.append(f"{window} frames in one window (trained on {d['num_frames']})")
+        need, free = self.estimate_memory(num_frames, height, width, mode, chunk, guidance), available_memory()
+        if not force and free is not None and need > 0.9 * free:         # refused: the one line that matters
+            gib = 2 ** 30
+            msg = (f"{num_frames} frames at {width}x{height} need about {need / gib:.1f} GiB (estimate), more "
+                   f"than the {free / gib:.1f} GiB free here")
+            ar = self.estimate_memory(num_frames, height, width, "autoregressive", min(chunk, 16), guidance)
+            if mode == "all" and ar <= 0.9 * free:
+                msg += f"; --mode autoregressive --chunk {min(chunk, 16)} needs about {ar / gib:.1f} GiB"
+            raise ValueError(msg + "; --force tries anyway")
         if far:
             warnings.warn(f"{' and '.join(far)} is far outside what the model was trained on; expect poor results")
-        need, free = self.estimate_memory(num_frames, height, width, mode, chunk, guidance), available_memory()
-        if force or free is None or need <= 0.9 * free:
-            return
-        gib = 2 ** 30
-        msg = (f"{num_frames} frames at {width}x{height} need about {need / gib:.1f} GiB (estimate), more than "
-               f"the {free / gib:.1f} GiB free here")
-        ar = self.estimate_memory(num_frames, height, width, "autoregressive", min(chunk, 16), guidance)
-        if mode == "all" and ar <= 0.9 * free:
-            msg += f"; --mode autoregressive --chunk {min(chunk, 16)} needs about {ar / gib:.1f} GiB"
-        raise ValueError(msg + "; --force tries anyway")
 
     # ---- generation --------------------------------------------------------------------------
     def __call__(self, prompt: str = "", negative_prompt: str | None = None, num_frames: int | None = None,
