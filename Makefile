@@ -19,7 +19,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
 bench: $(VENV)/.installed
 	$(PY) benchmarks/unet_speed.py
 
-.PHONY: install demo test bench
+.PHONY: install demo test test-fast bench

@@ -207,7 +207,7 @@ def test_cli_image_to_video(model_dir, tmp_path):
     img = (np.random.default_rng(0).random((1, 32, 32, 3)) * 255).astype(np.uint8)
     write_video(img, tmp_path / "first.png")
     r = vidiff("generate", "a red circle", "--model", str(model_dir), "--frames", "4", "--steps", "2",
-               "--image", str(tmp_path / "first.png"), "-o", str(tmp_path / "i2v"))
+               "--image", str(tmp_path / "first.png"), "--height", "32", "--width", "32", "-o", str(tmp_path / "i2v"))
     assert r.returncode == 0, r.stderr
     assert np.array_equal(read_video(tmp_path / "i2v")[0][0], img[0])
 
@@ -246,7 +246,7 @@ def test_cli_non_writable_output(model_dir, tmp_path):
 def test_write_interrupted_mid_file_leaves_nothing(tmp_path, monkeypatch):
     import vidiff.io as vio
 
-    def broken(frames, path, fps, quality):
+    def broken(frames, path, fps, quality, meta=None):
         path.write_bytes(b"\x00" * 1000)            # half a file, then the encoder dies
         raise RuntimeError("encoder crashed")
 
