@@ -245,7 +245,7 @@ def _accuracy(rows: list[dict], keys=("color", "shape", "motion")) -> dict:
     return out
 
 
-def shapes_benchmark(pipe, seeds: int = 3, steps: int = 25, guidance: float | None = None, num_frames: int = 16,
+def shapes_benchmark(pipe, seeds: int = 3, steps: int = 25, guidance: float | None = None, num_frames: int | None = None,
                      i2v_clips: int = 12, progress: bool = True, sheet: str | os.PathLike | None = None) -> dict:
     """Generate the shapes prompts and read colour, shape and motion back from the pixels.
 
@@ -260,6 +260,7 @@ def shapes_benchmark(pipe, seeds: int = 3, steps: int = 25, guidance: float | No
     from .shapes import caption, detect, render_clip
 
     seen, held = shapes_prompts()
+    num_frames = num_frames or pipe.defaults["num_frames"]        # the model's own clip length
     kw = dict(num_frames=num_frames, num_inference_steps=steps, progress=False)
     if guidance is not None:
         kw["guidance_scale"] = guidance

@@ -342,7 +342,8 @@ def _bench_shapes(args: argparse.Namespace) -> None:
     result = shapes_benchmark(pipe, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
                               i2v_clips=args.i2v_clips, progress=not args.quiet, sheet=args.sheet)
     print(f"model {result['model']}: {args.steps} steps, guidance {pipe.defaults.get('guidance_scale', 7.5) if args.guidance is None else args.guidance}, "
-          f"{args.seeds} seeds, {result['seconds_per_t2v_video']:.1f} s per 16-frame video ({args.dtype})")
+          f"{args.seeds} seeds, {result['seconds_per_t2v_video']:.1f} s per {pipe.defaults['num_frames']}-frame video "
+          f"({args.dtype})")
     print(shapes_table(result))
     print(f"mean flicker {result['flicker_mean']:.4f}; first frame kept exactly in image-to-video: "
           f"{result['i2v']['first_frame_kept']:.0%}")
