@@ -86,16 +86,29 @@ def tiny_sd_parts(cross_attention_dim: int = 8, widths=(8, 16), seed: int = 0) -
     return {"vae": vae.eval(), "text_encoder": text, "tokenizer": tok}
 
 
+def _tiny_unet(kind: str, widths, cross_attention_dim: int, seed: int, **kw):
+    """A tiny random diffusers UNet of class `kind` (2D or 3D blocks), weights perturbed off init."""
+    import diffusers
+
+    blocks = "2D" if kind == "UNet2DConditionModel" else "3D"
+    torch.manual_seed(seed)
+    unet = getattr(diffusers, kind)(block_out_channels=widths, sample_size=8, norm_num_groups=2,
+                                    down_block_types=(f"CrossAttnDownBlock{blocks}", f"DownBlock{blocks}"),
+                                    up_block_types=(f"UpBlock{blocks}", f"CrossAttnUpBlock{blocks}"),
+                                    cross_attention_dim=cross_attention_dim, **kw)
+    return _perturbed(unet, seed=seed)
+
+
 def tiny_unet2d(widths=(8, 16), cross_attention_dim: int = 8, seed: int = 0):
     """A tiny random Stable-Diffusion-style `UNet2DConditionModel` (weights perturbed off init)."""
-    from diffusers import UNet2DConditionModel
+    return _tiny_unet("UNet2DConditionModel", widths, cross_attention_dim, seed, layers_per_block=2,
+                      attention_head_dim=2)
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(block_out_channels=widths, layers_per_block=2, sample_size=8, norm_num_groups=2,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                                cross_attention_dim=cross_attention_dim, attention_head_dim=2)
-    return _perturbed(unet, seed=seed)
+
+def tiny_unet3d(widths=(8, 16), cross_attention_dim: int = 8, seed: int = 2):
+    """A tiny random ModelScope-style `UNet3DConditionModel` (weights perturbed off init)."""
+    return _tiny_unet("UNet3DConditionModel", widths, cross_attention_dim, seed, layers_per_block=1,
+                      attention_head_dim=4)
 
 
 def tiny_motion_adapter(widths=(8, 16), mid: bool = True, max_seq: int = 32, seed: int = 1):
@@ -106,18 +119,6 @@ def tiny_motion_adapter(widths=(8, 16), mid: bool = True, max_seq: int = 32, see
     ad = MotionAdapter(block_out_channels=widths, motion_layers_per_block=2, motion_norm_num_groups=2,
                        motion_num_attention_heads=8, use_motion_mid_block=mid, motion_max_seq_length=max_seq)
     return _perturbed(ad, seed=seed)
-
-
-def tiny_unet3d(widths=(8, 16), cross_attention_dim: int = 8, seed: int = 2):
-    """A tiny random ModelScope-style `UNet3DConditionModel` (weights perturbed off init)."""
-    from diffusers import UNet3DConditionModel
-
-    torch.manual_seed(seed)
-    unet = UNet3DConditionModel(block_out_channels=widths, layers_per_block=1, sample_size=8, norm_num_groups=2,
-                                down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-                                up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-                                cross_attention_dim=cross_attention_dim, attention_head_dim=4)
-    return _perturbed(unet, seed=seed)
 
 
 def ddim_scheduler(**overrides):
