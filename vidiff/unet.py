@@ -1,9 +1,10 @@
 """The UNet: one model for images and videos, `b c f h w` in and out.
 
 With `temporal=False` it is an image UNet that treats every frame independently (its layout and
-parameter names match diffusers' UNet2DConditionModel). With `temporal=True` each ResBlock is
-followed by a TemporalConv and each spatial transformer by a TemporalAttention; `vidiff.inflate`
-turns the first into the second without changing its output.
+parameter names match diffusers' UNet2DConditionModel). With `temporal=True` a temporal family
+(`vidiff/temporal.py`: vidiff, animatediff, modelscope) fills two slots in every unit, after the
+ResBlock and after the spatial transformer; `vidiff.inflate` turns the first into the second
+without changing its output, and `vidiff.convert` loads community weights into it.
 """
 
 from __future__ import annotations
