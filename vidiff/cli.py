@@ -76,13 +76,6 @@ def _fresh_dir(path) -> None:
         raise UsageError(f"--out {out} exists and is not an empty folder")
 
 
-def _write_dir(out, write) -> None:
-    """Write a folder through a temp folder beside it (vidiff.io), so nothing is left half-written."""
-    from .io import write_folder_atomically
-
-    write_folder_atomically(out, write)
-
-
 def _dtype(name: str):
     import torch
 
@@ -90,12 +83,13 @@ def _dtype(name: str):
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from .io import write_folder_atomically
     from .pipeline import VideoPipeline
 
     _fresh_dir(args.out)
     pipe = VideoPipeline.from_pretrained(args.source, motion_adapter=args.motion_adapter)
     cast = None if args.dtype == "float32" else _dtype(args.dtype)
-    _write_dir(args.out, lambda tmp: pipe.save_pretrained(tmp, dtype=cast))
+    write_folder_atomically(args.out, lambda tmp: pipe.save_pretrained(tmp, dtype=cast))
     cfg = pipe.unet.config
     print(f"wrote {args.out}: vidiff model folder ({cfg.temporal_family if cfg.temporal else 'image'} family, "
           f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M UNet parameters, {args.dtype})")
@@ -103,6 +97,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from .folders import export_diffusers
+    from .io import write_folder_atomically
     from .pipeline import VideoPipeline
 
     if args.to != "diffusers":
@@ -110,7 +105,7 @@ def _export(args: argparse.Namespace) -> None:
     _fresh_dir(args.out)
     pipe = VideoPipeline.from_pretrained(args.model)
     kind = []
-    _write_dir(args.out, lambda tmp: kind.append(export_diffusers(pipe, tmp)))
+    write_folder_atomically(args.out, lambda tmp: kind.append(export_diffusers(pipe, tmp)))
     print(f"wrote {args.out}: diffusers {kind[0]} folder")
 
 

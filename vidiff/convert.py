@@ -16,10 +16,8 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from .inflate import _read_safetensors, config_from_diffusers, load_image_unet
-from .unet import CONFIG_NAME, WEIGHTS_NAME, UNet, UNetConfig, _atomic, is_temporal_key
+from .unet import CONFIG_NAME, WEIGHTS_NAME, UNet, UNetConfig, _atomic
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 MOTION_DOWN = {"CrossAttnDownBlockMotion": "CrossAttnDownBlock2D", "DownBlockMotion": "DownBlock2D"}
@@ -286,8 +284,3 @@ def save_unet3d(unet: UNet, out: str | os.PathLike) -> Path:
     _atomic(out / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     _atomic(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2) + "\n"))
     return out
-
-
-def image_state(unet: UNet) -> dict:
-    """The spatial (image-model) weights of a UNet: everything but the temporal layers."""
-    return {k: v for k, v in unet.state_dict().items() if not is_temporal_key(k)}

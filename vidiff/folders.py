@@ -64,6 +64,15 @@ def _schedule(path: Path, override) -> NoiseSchedule:
                                             if "is not supported" in str(e) else "")) from None
 
 
+def folder_adapter(path: Path):
+    """`path/motion_adapter` when the folder pairs an image UNet with an AnimateDiff adapter, else None."""
+    cfg = path / "unet" / "config.json"
+    if (path / "motion_adapter").is_dir() and cfg.exists() \
+            and json.loads(cfg.read_text()).get("_class_name") == "UNet2DConditionModel":
+        return path / "motion_adapter"
+    return None
+
+
 def load_components(path: str | os.PathLike, motion_adapter=None, scheduler=None):
     """(unet, text encoder, schedule, codec, defaults) of a vidiff or diffusers model folder."""
     path = Path(path)
@@ -84,17 +93,13 @@ def load_components(path: str | os.PathLike, motion_adapter=None, scheduler=None
     missing = [p for p in parts if not (path / p).is_dir()]
     if missing:
         raise FileNotFoundError(f"model folder {str(path)!r} ({kind}) has no {', '.join(m + '/' for m in missing)}")
-    unet_kind = json.loads((path / "unet" / "config.json").read_text()).get("_class_name") \
-        if (path / "unet" / "config.json").exists() else None
-    if motion_adapter is None and unet_kind == "UNet2DConditionModel" and (path / "motion_adapter").is_dir():
-        motion_adapter = path / "motion_adapter"
-    unet = load_unet(path / "unet", motion_adapter)
+    raw = json.loads((path / "unet" / "config.json").read_text()) if (path / "unet" / "config.json").exists() else {}
+    unet = load_unet(path / "unet", motion_adapter or folder_adapter(path))
     if not unet.config.temporal:
         raise ValueError(f"{path} holds an image model ({kind}); give it motion layers with "
                          "motion_adapter=PATH (CLI: --motion-adapter PATH), an AnimateDiff MotionAdapter folder "
                          "or .safetensors file")
     codec = VaeCodec.from_pretrained(path / "vae")
-    raw = json.loads((path / "unet" / "config.json").read_text())
     size = int(raw.get("sample_size") or 64) * codec.factor
     max_frames = unet.config.motion_max_seq_length if unet.config.temporal_family == "animatediff" else 16
     defaults = {"height": size, "width": size, "num_frames": min(16, max_frames), "fps": 8,

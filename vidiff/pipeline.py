@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from .codec import PixelCodec, VaeCodec, load_codec
+from .codec import PixelCodec, VaeCodec
 from .io import as_frames, available_memory, fit_frame, read_video, write_video
+from .plans import sample_autoregressive, sample_window
 from .samplers import get_sampler
-from .schedule import Denoiser, NoiseSchedule, per_frame
+from .schedule import NoiseSchedule
 from .text import TextEncoder
 from .unet import UNet
 
@@ -188,9 +189,9 @@ class VideoPipeline:
         window = num_frames if mode == "all" else min(chunk, num_frames)
         h, w = max(1, height // r), max(1, width // r)
         ch = self.unet.config.block_out_channels
-        per_frame = sum(c * max(1, h >> i) * max(1, w >> i) for i, c in enumerate(ch))
+        cells = sum(c * max(1, h >> i) * max(1, w >> i) for i, c in enumerate(ch))   # activations per frame
         elem = torch.finfo(self.dtype).bits // 8
-        unet = (2 if guidance else 1) * window * per_frame * elem * 24          # ~18 measured, +1/3 margin
+        unet = (2 if guidance else 1) * window * cells * elem * 24          # ~18 measured, +1/3 margin
         video = num_frames * (self.codec.channels * h * w * 4 * 3 + height * width * 3)
         vae = 8 * 128 * height * width * 4 * 6 if isinstance(self.codec, VaeCodec) else 0
         weights = sum(p.numel() * p.element_size() for p in self.unet.parameters())
@@ -203,8 +204,9 @@ class VideoPipeline:
         import warnings
 
         d = self.defaults
-        far = [f"{width}x{height} (trained at {d['width']}x{d['height']})"
-               for _ in [0] if not (0.5 <= height / d["height"] <= 2 and 0.5 <= width / d["width"] <= 2)]
+        far = []
+        if not (0.5 <= height / d["height"] <= 2 and 0.5 <= width / d["width"] <= 2):
+            far.append(f"{width}x{height} (trained at {d['width']}x{d['height']})")
         window = num_frames if mode == "all" else min(chunk, num_frames)
         if window > 2 * d["num_frames"]:
             far.append(f"{window} frames in one window (trained on {d['num_frames']})")
@@ -269,12 +271,12 @@ class VideoPipeline:
                    generator=g, progress=progress)
         shape = (b, self.codec.channels, f, h // self.codec.factor, w // self.codec.factor)
         if first_frame_first and f > 1 and not given:
-            given = {0: self._decode(self._window((*shape[:2], 1, *shape[3:]), None, **run))[0]}
+            given = {0: self._decode(sample_window(self, (*shape[:2], 1, *shape[3:]), None, **run))[0]}
         known = self._encode_given(given or {}, f, h, w, b)
         if mode == "all" or chunk >= f:
-            out = self._window(shape, known, noise=latents, **run)
+            out = sample_window(self, shape, known, noise=latents, **run)
         else:
-            out = self._autoregressive(shape, known, chunk, context, noise=latents, **run)
+            out = sample_autoregressive(self, shape, known, chunk, context, noise=latents, **run)
         if output_type == "latent":
             return out
         import vidiff
@@ -358,114 +360,3 @@ class VideoPipeline:
         # 16 frames at a time straight to uint8: decoding never holds the whole video in float
         return np.concatenate([to_frames(self.codec.decode(latents[:, :, i:i + 16].float()))
                                for i in range(0, latents.shape[2], 16)])
-
-    def _window(self, shape, known, ctx, steps, guidance, sampler, eta, generator, progress, offset=0, noise=None):
-        """Sample one window of frames, some possibly given (`known` = (latents, mask) or None).
-
-        Returns the final latents in the codec's (variance-preserving) units, as diffusers does.
-        """
-        from tqdm.auto import tqdm
-
-        b, _, f = shape[:3]
-        plan = self.schedule.plan(steps, sampler)
-        if noise is None:
-            noise = torch.randn(shape, generator=generator)
-        x = noise.to(self.device, torch.float32) * plan.init_sigma
-        sigmas = plan.sigmas.to(self.device)
-        landing = None if plan.landing is None else plan.landing.to(self.device)
-        cfg = ctx.shape[0] == 2
-        if ctx.shape[0] != b * (2 if cfg else 1):                  # [negative, positive] -> one per video
-            ctx = ctx.repeat_interleave(b, 0)
-        gscale = torch.as_tensor(guidance, dtype=torch.float32, device=self.device)
-        if gscale.ndim == 1:   # (first, last): a linear ramp over the frames of this window
-            gscale = gscale[0] + (gscale[1] - gscale[0]) * torch.linspace(0, 1, f, device=self.device)[None]
-        framecond = known is not None and self.unet.config.frame_conditioning
-        if framecond:
-            lat, mask = known
-            frozen = mask.bool()
-            sigmas = sigmas[:, None, None].expand(-1, b, f).clone()
-            sigmas[:, frozen] = 0                         # given frames sit at level 0 throughout
-            if landing is not None:
-                landing = landing[:, None, None].expand(-1, b, f).clone()
-                landing[:, frozen] = 0
-            x = torch.where(per_frame(mask, x) > 0, lat, x)
-
-        n = 2 if cfg else 1         # unconditional and conditional halves in one UNet batch
-        kw = dict(cond=lat.repeat(n, 1, 1, 1, 1).to(self.dtype), cond_mask=mask.repeat(n, 1)) if framecond else {}
-
-        def model(x_t, t):
-            t = t.repeat(n, *([1] * (t.ndim - 1)))
-            out = self.unet(x_t.repeat(n, 1, 1, 1, 1).to(self.dtype), t, ctx, **kw).float()
-            if not cfg:
-                return out
-            uncond, cond = out.chunk(2)
-            return uncond + per_frame(gscale, uncond) * (cond - uncond)
-
-        denoise = Denoiser(model, self.schedule)
-        if known is not None and not framecond:
-            lat, mask = known
-            replace = per_frame(mask, x) > 0
-            fixed = torch.randn(shape, generator=generator).to(self.device)
-
-            def denoise(x, sigma, _d=denoise):       # replacement: given frames re-noised to sigma
-                x = torch.where(replace, lat + per_frame(sigma, x) * fixed, x)
-                return torch.where(replace, lat, _d(x, sigma))
-
-        extra = {"eta": eta} if sampler in ("ddim", "euler_ancestral") and eta else {}
-        if sampler == "ddim" and landing is not None:
-            extra["landing"] = landing
-        if sampler == "lcm":
-            extra.update(timesteps=plan.timesteps, timestep_scaling=self.schedule.timestep_scaling)
-        if sampler in ("lcm", "euler_ancestral") or extra.get("eta"):
-            extra["randn"] = self._noise_layout()
-        bar = tqdm(total=steps, desc=f"frames {offset}-{offset + f - 1}", disable=not progress, leave=False)
-        with torch.no_grad():
-            x = get_sampler(sampler)(denoise, x, sigmas, generator=generator,
-                                     callback=lambda *a: bar.update(1), **extra)
-        bar.close()
-        x = x * plan.output_scale
-        if known is not None:
-            x = torch.where(per_frame(known[1], x) > 0, known[0], x)
-        return x
-
-    def _noise_layout(self):
-        """How a sampler draws its step noise: as diffusers' pipeline for this family lays it out.
-
-        TextToVideoSDPipeline steps its scheduler on `(b f) c h w`, so ModelScope models draw noise
-        frame-major; everything else draws it in `b c f h w` order.
-        """
-        if self.unet.config.temporal_family != "modelscope" or not self.unet.config.temporal:
-            return None
-
-        def randn(x, generator):
-            b, c, f, h, w = x.shape
-            flat = torch.randn((b * f, c, h, w), generator=generator, dtype=x.dtype).to(x.device)
-            return rearrange(flat, "(b f) c h w -> b c f h w", b=b)
-        return randn
-
-    def _autoregressive(self, shape, known, chunk, context, noise=None, **run):
-        """Slide a `chunk`-frame window: each new window's first `context` frames are given.
-
-        With `noise` (the whole video's starting noise), each window starts from its slice of it.
-        """
-        b, c, f, hh, ww = shape
-        out = torch.zeros(shape, device=self.device)
-        done = torch.zeros(f, dtype=torch.bool)
-        if known is not None:
-            out = torch.where(per_frame(known[1], out) > 0, known[0], out)
-            done = known[1][0].bool().cpu()
-        # first window starts at the first frame still to make, backed up to give it context
-        start = int(torch.nonzero(~done)[0]) if (~done).any() else f
-        start = max(0, start - context) if start > 0 else 0
-        while start < f and not done[start:].all():
-            end = min(start + chunk, f)
-            win_mask = done[start:end].float()[None].expand(b, -1).to(self.device)
-            win_known = (out[:, :, start:end], win_mask) if win_mask.any() else None
-            window = self._window((b, c, end - start, hh, ww), win_known, offset=start,
-                                  noise=None if noise is None else noise[:, :, start:end], **run)
-            out[:, :, start:end] = window
-            done[start:end] = True
-            if end == f:
-                break
-            start = end - context
-        return out

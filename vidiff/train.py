@@ -31,6 +31,7 @@ from .codec import load_codec
 from .config import Config, to_yaml
 from .convert import load_unet
 from .data import ClipDataset, loader
+from .folders import folder_adapter
 from .inflate import inflate, load_image_unet
 from .schedule import NoiseSchedule, per_frame
 from .text import TextEncoder
@@ -103,14 +104,14 @@ def build_models(cfg: Config):
 def _init_unet(init: Path, motion_adapter) -> UNet:
     """The UNet of `train.init`: a vidiff or SD folder, an SD folder + AnimateDiff adapter, an
     AnimateDiff or ModelScope pipeline folder (their temporal layers come along)."""
-    if motion_adapter is not None or not (init / "unet" / "config.json").exists():
-        if motion_adapter is not None and not Path(motion_adapter).exists():
-            raise FileNotFoundError(f"train.motion_adapter {motion_adapter!r} does not exist")
-        return load_unet(init / "unet", motion_adapter) if (init / "unet").is_dir() else load_image_unet(init)
-    kind = json.loads((init / "unet" / "config.json").read_text()).get("_class_name")
-    if kind == "UNet2DConditionModel" and (init / "motion_adapter").is_dir():
-        return load_unet(init / "unet", init / "motion_adapter")
-    return load_unet(init / "unet") if kind in ("UNetMotionModel", "UNet3DConditionModel") else load_image_unet(init)
+    if motion_adapter is not None and not Path(motion_adapter).exists():
+        raise FileNotFoundError(f"train.motion_adapter {motion_adapter!r} does not exist")
+    adapter = motion_adapter or folder_adapter(init)
+    cfg = init / "unet" / "config.json"
+    kind = json.loads(cfg.read_text()).get("_class_name") if cfg.exists() else None
+    if adapter is not None or kind in ("UNetMotionModel", "UNet3DConditionModel"):
+        return load_unet(init / "unet", adapter)
+    return load_image_unet(init)
 
 
 def _with_overrides(unet: UNet, overrides: dict) -> UNet:
