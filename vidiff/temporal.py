@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import Attention, FeedForward, TemporalAttention, TemporalConv
+from .layers import Attention, FeedForward, TemporalAttention, TemporalConv, residual_ff
 
 FAMILIES = ("vidiff", "animatediff", "modelscope")
 
@@ -94,7 +94,7 @@ class TemporalBlock(nn.Module):
         pe = self.pos_embed if self.pos_embed is not None else (lambda t: t)
         x = self.attn1(pe(self.norm1(x))) + x
         x = self.attn2(pe(self.norm2(x))) + x
-        return self.ff(self.norm3(x)) + x
+        return residual_ff(x, self.norm3, self.ff)
 
 
 class TemporalTransformer(nn.Module):
