@@ -27,12 +27,14 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("name, cls, kw, extra", CASES, ids=[f"{c[0]}-{c[2]['timestep_spacing']}-{c[3]}" for c in CASES])
 def test_trajectory_matches_diffusers(name, cls, kw, extra, prediction_type):
     base = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                 prediction_type=prediction_type)
     sch = getattr(diffusers, cls)(**base, **kw)
+    if prediction_type == "sample" and name == "euler_ancestral":
+        pytest.skip("diffusers' EulerAncestralDiscreteScheduler does not implement prediction_type='sample'")
     # 10 divides 1000: diffusers' DDIM steps to t - T//n, which is the next listed timestep only then
     n = 10
     sch.set_timesteps(n)
@@ -91,6 +93,25 @@ def test_add_noise_and_targets_match_diffusers():
     tf = torch.tensor([[0, 999], [10, 20], [500, 500]])
     per = ours.add_noise(x0, noise, tf)
     torch.testing.assert_close(per[:, :, 1], sch.add_noise(x0[:, :, 1], noise[:, :, 1], tf[:, 1]), rtol=1e-5, atol=1e-5)
+
+
+def test_sample_prediction_loss_is_the_v_error_above_the_floor():
+    """x-prediction's training weight makes its x0 error the v error of the same prediction."""
+    sched = NoiseSchedule(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type="sample")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 2, 5, 5, generator=g), torch.randn(3, 4, 2, 5, 5, generator=g)
+    t = torch.tensor([[100, 100], [500, 500], [999, 999]])
+    pred = x0 + 0.1 * torch.randn(x0.shape, generator=g)                     # a model's x0
+    a = sched.alphas_cumprod.float()[t][:, None, :, None, None]
+    x_t = sched.add_noise(x0, noise, t)
+    v_of = lambda z: (a.sqrt() * x_t - z) / (1 - a).sqrt()                  # noqa: E731  v from an x0 estimate
+    v_err = (v_of(pred) - v_of(x0)) ** 2
+    assert torch.allclose(v_of(x0), a.sqrt() * noise - (1 - a).sqrt() * x0, atol=1e-4)
+    weighted = (pred - sched.target(x0, noise, t)) ** 2 * sched.loss_weight(t, x0)
+    assert torch.allclose(weighted, v_err, rtol=1e-3, atol=1e-6)
+    # below the floor (sqrt(1 - a) < 0.05) the weight stops growing
+    assert float(sched.loss_weight(torch.tensor([[0]]), x0[:1, :, :1])) == pytest.approx(1 / 0.05 ** 2)
+    assert NoiseSchedule(prediction_type="v_prediction").loss_weight(t, x0) is None
 
 
 def test_scheduler_config_round_trip(tmp_path):

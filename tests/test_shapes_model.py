@@ -80,3 +80,60 @@ def test_detector_tolerates_pixel_noise():
         noisy = np.clip(clip + np.random.default_rng(i).normal(0, 20, clip.shape), 0, 255).astype(np.uint8)
         got = detect(noisy)
         assert (got["color"], got["motion"]) == (combo[0], combo[2]), (combo, got)
+
+
+def test_background_noise_is_zero_on_rendered_clips_and_reads_added_noise():
+    from vidiff.shapes import background_noise
+
+    clip = render_clip("red", "square", "right", np.random.default_rng(0), 64, 16)
+    assert background_noise(clip) == pytest.approx(0.0, abs=0.5)
+    noisy = np.clip(clip + np.random.default_rng(1).normal(0, 10, clip.shape), 0, 255).astype(np.uint8)
+    assert 8 < background_noise(noisy) < 11
+    assert background_noise(clip[:1]) is None
+
+
+class _Rendering:
+    """A stand-in pipeline that 'generates' by rendering the prompt (plus optional noise): a perfect model."""
+
+    defaults = {"num_frames": 16, "width": 64, "height": 64}
+
+    def __init__(self, noise=0.0, square_as="square"):
+        self.noise, self.square_as = noise, square_as
+
+    def _clip(self, prompt, seed, n):
+        from types import SimpleNamespace
+
+        _, color, shape, *_, motion = prompt.split()
+        shape = self.square_as if shape == "square" else shape
+        clip = render_clip(color, shape, motion, np.random.default_rng(seed), 64, n).astype(np.float64)
+        clip += np.random.default_rng(seed + 1).normal(0, self.noise, clip.shape)
+        return SimpleNamespace(frames=np.clip(clip, 0, 255).astype(np.uint8))
+
+    def __call__(self, prompt, seed=0, num_frames=16, **kw):
+        return self._clip(prompt, seed, num_frames)
+
+    def animate(self, image, prompt, seed=0, num_frames=16, **kw):
+        out = self._clip(prompt, seed, num_frames)
+        out.frames[0] = image
+        return out
+
+    def extend(self, video, prompt, num_frames=8, seed=0, **kw):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(frames=np.concatenate([video, self._clip(prompt, seed, num_frames).frames]))
+
+
+def test_shapes_benchmark_reports_per_shape_noise_and_flicker_next_to_rendered_clips():
+    from vidiff.bench import shapes_benchmark, shapes_table
+
+    clean = shapes_benchmark(_Rendering(), seeds=1, i2v_clips=2, progress=False)
+    assert clean["by_shape"] == {"circle": 1.0, "square": 1.0, "triangle": 1.0}
+    assert clean["background_noise"] < 0.5 and clean["rendered"]["background_noise"] < 0.5
+    assert clean["rendered"]["t2v"]["seen"]["all"] == 1.0
+    # squares drawn as circles and a noisy background show up in the report, the rendered column does not move
+    bad = shapes_benchmark(_Rendering(noise=12.0, square_as="circle"), seeds=1, i2v_clips=2, progress=False)
+    assert bad["by_shape"]["square"] == 0.0 and bad["by_shape"]["triangle"] == 1.0
+    assert bad["background_noise"] > 10 and bad["rendered"]["background_noise"] < 0.5
+    assert bad["flicker_mean"] < bad["rendered"]["flicker_mean"]
+    table = shapes_table(bad)
+    assert "| shape: square | 0% | 100% |" in table and "background noise" in table and "flicker" in table

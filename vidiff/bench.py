@@ -245,7 +245,19 @@ def _accuracy(rows: list[dict], keys=("color", "shape", "motion")) -> dict:
     return out
 
 
-def shapes_benchmark(pipe, seeds: int = 3, steps: int = 25, guidance: float | None = None, num_frames: int | None = None,
+def _by_shape(rows: list[dict]) -> dict:
+    """Shape accuracy for each asked-for shape (seen and held-out together)."""
+    from .shapes import SHAPES
+
+    return {sh: _accuracy([r for r in rows if r["want"]["shape"] == sh], ("shape",)).get("shape") for sh in SHAPES}
+
+
+def _mean_of(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return round(float(np.mean(vals)), 2) if vals else None
+
+
+def shapes_benchmark(pipe, seeds: int = 3, steps: int | None = None, guidance: float | None = None, num_frames: int | None = None,
                      i2v_clips: int = 12, progress: bool = True, sheet: str | os.PathLike | None = None) -> dict:
     """Generate the shapes prompts and read colour, shape and motion back from the pixels.
 
@@ -257,10 +269,11 @@ def shapes_benchmark(pipe, seeds: int = 3, steps: int = 25, guidance: float | No
 
     from tqdm.auto import tqdm
 
-    from .shapes import caption, detect, render_clip
+    from .shapes import background_noise, caption, detect, render_clip
 
     seen, held = shapes_prompts()
     num_frames = num_frames or pipe.defaults["num_frames"]        # the model's own clip length
+    steps = steps or int(pipe.defaults.get("num_inference_steps", 25))
     kw = dict(num_frames=num_frames, num_inference_steps=steps, progress=False)
     if guidance is not None:
         kw["guidance_scale"] = guidance
@@ -274,7 +287,7 @@ def shapes_benchmark(pipe, seeds: int = 3, steps: int = 25, guidance: float | No
             t2v_seconds.append(time.perf_counter() - t0)
             want = dict(zip(("color", "shape", "motion"), combo))
             rows.append({"split": split, "prompt": caption(*combo), "seed": seed, "want": want,
-                         "detected": detect(video.frames),
+                         "detected": detect(video.frames), "background_noise": background_noise(video.frames),
                          "flicker": M.temporal_flickering(video.frames).value})
             if seed == 0 and len(samples) < 8 and (split == "heldout" or len(samples) < 5):
                 samples.append(video.frames)
@@ -297,6 +310,15 @@ def shapes_benchmark(pipe, seeds: int = 3, steps: int = 25, guidance: float | No
         ext.append({"prompt": caption(*combo), "want": want, "detected": detect(longer.frames[half - 4:])})
         bar.update(1)
     bar.close()
+    # the same figures on rendered clips of the same prompts: the model against its own data
+    rendered = []
+    for split, combo in jobs:
+        for seed in range(seeds):
+            clip = render_clip(*combo, np.random.default_rng([4321, seed]), size=pipe.defaults["width"],
+                               num_frames=num_frames)
+            rendered.append({"split": split, "want": dict(zip(("color", "shape", "motion"), combo)),
+                             "detected": detect(clip), "background_noise": background_noise(clip),
+                             "flicker": M.temporal_flickering(clip).value})
     if sheet is not None:
         from .io import contact_sheet
 
@@ -310,7 +332,13 @@ def shapes_benchmark(pipe, seeds: int = 3, steps: int = 25, guidance: float | No
         "i2v": {**_accuracy(i2v, ("color", "motion")),
                 "first_frame_kept": float(np.mean([r["first_frame_kept"] for r in i2v])) if i2v else None},
         "extend": _accuracy(ext, ("color", "motion")),
+        "by_shape": _by_shape(rows),
         "flicker_mean": round(float(np.mean([r["flicker"] for r in rows])), 4),
+        "background_noise": _mean_of(rows, "background_noise"),
+        "rendered": {"t2v": {split: _accuracy([r for r in rendered if r["split"] == split]) for split in ("seen", "heldout")},
+                     "by_shape": _by_shape(rendered),
+                     "flicker_mean": round(float(np.mean([r["flicker"] for r in rendered])), 4),
+                     "background_noise": _mean_of(rendered, "background_noise")},
         "seconds_per_t2v_video": round(float(np.median(t2v_seconds)), 2),
         "videos": rows, "i2v_videos": i2v, "extend_videos": ext,
     }
@@ -328,4 +356,14 @@ def shapes_table(result: dict) -> str:
         name = "image-to-video" if task == "i2v" else "continuation"
         lines.append(f"| {name} | seen + held-out | {a['color']:.0%} (kept) | - | {a['motion']:.0%} | "
                      f"{a['all']:.0%} | {a['n']} |")
+    if "rendered" in result:
+        r = result["rendered"]
+        pct = lambda v: "-" if v is None else f"{v:.0%}"        # noqa: E731
+        num = lambda v, f: "-" if v is None else format(v, f)   # noqa: E731
+        lines += ["", "| text-to-video | generated | rendered clips, same prompts |", "|---|---|---|"]
+        for sh in result["by_shape"]:
+            lines.append(f"| shape: {sh} | {pct(result['by_shape'][sh])} | {pct(r['by_shape'][sh])} |")
+        lines.append(f"| background noise (temporal std of uncovered pixels, /255) | "
+                     f"{num(result['background_noise'], '.1f')} | {num(r['background_noise'], '.1f')} |")
+        lines.append(f"| flicker (VBench, 1 = still) | {result['flicker_mean']:.3f} | {r['flicker_mean']:.3f} |")
     return "\n".join(lines)

@@ -183,6 +183,8 @@ def _run(args: argparse.Namespace, pipe, frames: int, height: int, width: int, m
     import random
     import time
 
+    if args.steps is None:
+        args.steps = int(pipe.defaults.get("num_inference_steps", 25))      # the model's own (distilled: fewer)
     pipe.check_args(frames, height, width, args.steps, args.sampler, args.mode, args.chunk, args.context,
                     1.0 if args.guidance is None else args.guidance, args.fps or 8)
     guidance = pipe.defaults.get("guidance_scale", 7.5) if args.guidance is None else args.guidance
@@ -270,6 +272,32 @@ def _train(args: argparse.Namespace) -> None:
               + (f"; skipped {len(result['skipped'])} unreadable files" if result["skipped"] else ""))
 
 
+def _distill(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .config import load_config
+    from .folders import read_index
+
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if not Path(args.teacher).is_dir() or not (Path(args.teacher) / "model_index.json").is_file():
+        raise UsageError(f"{args.teacher}: not a model folder (no model_index.json)")
+    d = read_index(Path(args.teacher)).get("vidiff", {}).get("defaults", {})
+    base = [f"train.teacher={args.teacher}", f"train.distill_steps={args.steps}", f"train.output_dir={args.out}",
+            f"data.path={args.data}", f"data.num_frames={d.get('num_frames', 16)}", f"data.height={d.get('height', 64)}",
+            f"data.width={d.get('width', 64)}", "data.crop=center", "train.stage=video", f"train.steps={args.iters}",
+            "train.batch_size=4", "train.lr=1e-4", "train.mixed_precision=bf16", "train.ema_decay=0.99",
+            "train.cond_first=0.3", "train.cond_prefix=0.15", "train.cond_first_last=0.05",
+            "train.checkpoint_every=100", "train.log_every=10"]
+    cfg = load_config(None, base + list(args.overrides))
+    from .train import train
+
+    result = train(cfg, progress=not args.quiet)
+    if result["main"]:
+        print(f"wrote {result['model_dir']}: samples in {args.steps} DDIM steps what {args.teacher} samples in "
+              f"{2 * args.steps} (after {result['step']} distillation steps)")
+
+
 def _check_outputs(*outputs) -> None:
     """Each optional (flag, path, suffix) output: the right suffix and a writable folder, before any work."""
     from .io import check_writable
@@ -325,7 +353,7 @@ def _bench_shapes(args: argparse.Namespace) -> None:
     _check_outputs(("--json", args.json, ".json"), ("--sheet", args.sheet, ".png"))
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     import torch
 
@@ -336,7 +364,7 @@ def _bench_shapes(args: argparse.Namespace) -> None:
     pipe = VideoPipeline.from_pretrained(args.model, dtype=dtype)
     result = shapes_benchmark(pipe, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
                               i2v_clips=args.i2v_clips, progress=not args.quiet, sheet=args.sheet)
-    print(f"model {result['model']}: {args.steps} steps, guidance {pipe.defaults.get('guidance_scale', 7.5) if args.guidance is None else args.guidance}, "
+    print(f"model {result['model']}: {result['steps']} steps, guidance {pipe.defaults.get('guidance_scale', 7.5) if args.guidance is None else args.guidance}, "
           f"{args.seeds} seeds, {result['seconds_per_t2v_video']:.1f} s per {pipe.defaults['num_frames']}-frame video "
           f"({args.dtype})")
     print(shapes_table(result))
@@ -357,7 +385,7 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
     p.add_argument("--height", type=int, default=None, help="pixels (default: the model's); a multiple of its factor")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the model's); a multiple of its factor")
     p.add_argument("--fps", type=float, default=None, help="frame rate of the output (default: the model's)")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, else 25)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's, else 7.5)")
     p.add_argument("--negative-prompt", default=None, help="what to steer away from")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed and stored)")
@@ -440,6 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(run=_train)
 
+    dis = sub.add_parser("distill", help="halve a model's sampling steps (progressive distillation on clips)")
+    dis.add_argument("teacher", help="model folder to distill")
+    dis.add_argument("--data", required=True, help="clips to distill on (folder or metadata file)")
+    dis.add_argument("--steps", type=int, required=True, help="the student's DDIM steps N (it learns the teacher's 2N)")
+    dis.add_argument("--out", required=True, help="run folder (resumes if it holds checkpoints); the model is OUT/model")
+    dis.add_argument("--iters", type=int, default=500, help="distillation steps (default 500)")
+    dis.add_argument("overrides", nargs="*", help="key=value training overrides, e.g. train.lr=5e-5")
+    dis.add_argument("--quiet", action="store_true", help="no progress bar")
+    dis.set_defaults(run=_distill)
+
     data = sub.add_parser("data", help="make datasets")
     data_sub = data.add_subparsers(dest="dataset", required=True)
     sh = data_sub.add_parser("shapes", help="procedural text-to-video clips (MP4 + metadata.jsonl)")
@@ -469,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     shp = bench_sub.add_parser("shapes", help="prompt faithfulness of a shapes model (colour, shape, motion read from pixels)")
     shp.add_argument("--model", default=None, help="model folder (default: the shipped shapes-64 model)")
     shp.add_argument("--seeds", type=int, default=3, help="seeds per prompt (default 3)")
-    shp.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    shp.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, else 25)")
     shp.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     shp.add_argument("--i2v-clips", type=int, default=12, help="dataset clips animated / extended (default 12)")
     shp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -501,7 +539,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _one_line_warnings()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:          # key=value overrides may also follow the options (train, distill)
+            if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.overrides = list(args.overrides) + extra
     except SystemExit as e:     # argparse prints its own one-line usage error
         return int(e.code or 0)
     try:

@@ -75,6 +75,9 @@ class TrainConfig:
     log_every: int = 10                # steps between log lines
     log_samples: bool = False          # also log every sample key each rank read (debugging data order)
     cpu: bool = False                  # train on the CPU even where a GPU is available
+    teacher: str | None = None         # distill this model folder (progressive distillation, vidiff/distill.py);
+                                       # the student starts from `init` (default: the teacher)
+    distill_steps: int = 0             # the student's DDIM steps N; it learns the teacher's 2N
 
 
 @dataclass

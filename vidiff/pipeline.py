@@ -224,7 +224,7 @@ class VideoPipeline:
 
     # ---- generation --------------------------------------------------------------------------
     def __call__(self, prompt: str = "", negative_prompt: str | None = None, num_frames: int | None = None,
-                 height: int | None = None, width: int | None = None, num_inference_steps: int = 25,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
                  guidance_scale=None, sampler: str | None = None, eta: float = 0.0, seed: int | None = None,
                  generator: torch.Generator | None = None, mode: str = "all", chunk: int = 16, context: int = 4,
                  fps: float | None = None, given: dict | None = None, progress: bool = True,
@@ -252,6 +252,8 @@ class VideoPipeline:
                 raise ValueError(f"latents must be (b, {c}, f, h/{r}, w/{r}), got {tuple(latents.shape)}")
             b, num_frames, height, width = latents.shape[0], latents.shape[2], latents.shape[3] * r, latents.shape[4] * r
         fps = self.defaults["fps"] if fps is None else fps
+        if num_inference_steps is None:            # the model's own (a distilled model: fewer)
+            num_inference_steps = int(self.defaults.get("num_inference_steps", 25))
         sampler = sampler or self.schedule.sampler
         guidance_scale = self.defaults.get("guidance_scale", 7.5) if guidance_scale is None else guidance_scale
         f, h, w = self.check_args(num_frames, height, width, num_inference_steps, sampler, mode, chunk,

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SPACINGS = ("leading", "linspace", "trailing")
 # diffusers scheduler class -> the vidiff sampler that walks the same trajectory
 SCHEDULER_SAMPLERS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
@@ -72,7 +72,7 @@ class NoiseSchedule:
     beta_schedule: str = "scaled_linear"      # linear | scaled_linear | squaredcos_cap_v2
     beta_start: float = 0.00085
     beta_end: float = 0.012
-    prediction_type: str = "epsilon"          # epsilon | v_prediction
+    prediction_type: str = "epsilon"          # epsilon | v_prediction | sample (the clean x0 itself)
     timestep_spacing: str = "trailing"        # leading | linspace | trailing (sampling grid)
     steps_offset: int = 0                     # added to "leading" timesteps (SD configs use 1)
     set_alpha_to_one: bool = True             # DDIM: the last step lands on sigma=0
@@ -171,11 +171,24 @@ class NoiseSchedule:
         return ac.sqrt() * x0 + (1 - ac).sqrt() * noise
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """What the model should output: noise (epsilon) or v = sqrt(a) noise - sqrt(1-a) x0."""
+        """What the model should output: noise (epsilon), v = sqrt(a) noise - sqrt(1-a) x0, or x0 (sample)."""
         if self.prediction_type == "epsilon":
             return noise
+        if self.prediction_type == "sample":
+            return x0
         ac = self._ac(t, x0)
         return ac.sqrt() * noise - (1 - ac).sqrt() * x0
+
+    def loss_weight(self, t: torch.Tensor, x: torch.Tensor, floor: float = 0.05) -> torch.Tensor | None:
+        """Per-frame weight on the squared error of the prediction; None means 1.
+
+        For `sample` the error is measured in v units (Li & He 2025, "Back to Basics"): the model
+        outputs x0 but is weighted as a v-model, v error = x0 error / sqrt(1 - a), with sqrt(1 - a)
+        floored at `floor` so the lowest levels do not dominate.
+        """
+        if self.prediction_type != "sample":
+            return None
+        return 1 / (1 - self._ac(t, x)).clamp(min=floor ** 2)
 
     # ---- sampling grid ----------------------------------------------------------------------
     def timesteps(self, n: int) -> torch.Tensor:
@@ -297,4 +310,6 @@ class Denoiser:
         out = self.model(x * a, self.schedule.sigma_to_t(sigma))
         if self.schedule.prediction_type == "epsilon":
             return x - s * out
+        if self.schedule.prediction_type == "sample":
+            return out
         return a * (x * a) - (s * a) * out               # sqrt(a) x_t - sqrt(1-a) v

@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +214,9 @@ def detect(frames: np.ndarray, still_px: float = None) -> dict:
         out["shape"] = "square" if fill > 0.88 else "circle" if fill > 0.64 else "triangle"
     cents = np.array([np.argwhere(m).mean(0) if m.sum() >= 6 else (np.nan, np.nan) for m in masks])
     q = max(1, f // 4)
-    start, end = np.nanmean(cents[:q], 0), np.nanmean(cents[-q:], 0)
+    with warnings.catch_warnings():                     # a quarter with no object frame: NaN, read as "still"
+        warnings.simplefilter("ignore", RuntimeWarning)
+        start, end = np.nanmean(cents[:q], 0), np.nanmean(cents[-q:], 0)
     dy, dx = end - start
     if np.isnan([dy, dx]).any() or max(abs(dx), abs(dy)) < still_px:
         out["motion"] = "still"
@@ -223,3 +226,23 @@ def detect(frames: np.ndarray, still_px: float = None) -> dict:
         out["motion"] = "down" if dy > 0 else "up"
     out["displacement_px"] = [round(float(dx), 2), round(float(dy), 2)]
     return out
+
+
+def background_noise(frames: np.ndarray) -> float | None:
+    """Temporal std (0-255) of the pixels the object never covers, averaged over them and the channels.
+
+    The shapes background is a still texture, so on a rendered clip this is 0: anything above it is
+    noise the model left in. The object's pixels in any frame, grown by 2 px, are left out. None for a
+    one-frame clip or when the object covers everything.
+    """
+    import cv2
+
+    if len(frames) < 2:
+        return None
+    covered = np.zeros(frames.shape[1:3], bool)
+    for fr in frames:
+        covered |= object_mask(fr)
+    covered = cv2.dilate(covered.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    if covered.all():
+        return None
+    return float(frames.astype(np.float64).std(0)[~covered].mean())

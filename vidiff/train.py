@@ -60,7 +60,7 @@ def build_models(cfg: Config):
     unknown = set(cfg.schedule) - names
     if unknown:
         raise ValueError(f"unknown schedule keys {sorted(unknown)}; allowed: {sorted(names)}")
-    init = Path(t.init) if t.init else None
+    init = Path(t.init) if t.init else Path(t.teacher) if t.teacher else None
     if init is not None and not init.is_dir():
         raise FileNotFoundError(f"train.init {str(init)!r} is not a model folder")
     torch.manual_seed(t.seed)            # fresh layers start the same for the same seed
@@ -176,6 +176,13 @@ def check(cfg: Config) -> None:
         raise ValueError(f"train.image_batch_size must be >= 0, got {t.image_batch_size}")
     if not d.path:
         raise ValueError("data.path is required (a folder of clips or a metadata file)")
+    if t.teacher is not None:
+        if not Path(t.teacher).is_dir():
+            raise ValueError(f"train.teacher {t.teacher!r} is not a model folder")
+        if t.distill_steps < 1:
+            raise ValueError(f"train.distill_steps must be >= 1 with a teacher, got {t.distill_steps}")
+        if t.stage != "video" or t.image_batch_size:
+            raise ValueError("distillation runs with train.stage=video and train.image_batch_size=0")
 
 
 # ---- the loss ----------------------------------------------------------------------------------
@@ -198,7 +205,9 @@ class Objective(nn.Module):
         pred = self.unet(x_t, t, ctx, **kw)
         err = F.mse_loss(pred.float(), self.schedule.target(x0, noise, t).float(), reduction="none")
         weight = per_frame(1 - mask, err).expand_as(err)
-        return (err * weight).sum() / weight.sum().clamp(min=1)
+        level = self.schedule.loss_weight(t, err)
+        scaled = err if level is None else err * level
+        return (scaled * weight).sum() / weight.sum().clamp(min=1)
 
     def forward(self, video: tuple, images: tuple | None = None) -> torch.Tensor:
         """Loss of a video batch, plus an image batch (one-frame clips) weighted by sample count."""
@@ -406,7 +415,15 @@ def train(cfg: Config, progress: bool = True) -> dict:
     per_step = t.batch_size * t.grad_accum * world          # samples of the global stream per step
     optimizer = torch.optim.AdamW([p for _, p in trainable], lr=t.lr, betas=tuple(t.adam_betas),
                                   weight_decay=t.weight_decay)
-    objective, optimizer = accelerator.prepare(Objective(unet, schedule), optimizer)
+    if t.teacher:
+        from .distill import DistillObjective
+        from .folders import load_components
+
+        teacher = load_components(t.teacher)[0].to(device)
+        objective = DistillObjective(unet, teacher, schedule, t.distill_steps)
+    else:
+        objective = Objective(unet, schedule)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
     g = torch.Generator().manual_seed(t.seed * 1000 + rank)
 
     step, state = 0, {"samples": 0, "image_samples": 0, "runtime_skipped": []}
@@ -448,6 +465,8 @@ def train(cfg: Config, progress: bool = True) -> dict:
         for micro in range(t.grad_accum):
             x0, captions, keys, bad = next(batches)
             tt, noise, mask, drop = draw(x0, cfg, schedule, g, video_stage)
+            if t.teacher:          # distillation: a step of the student's grid per clip, not a level
+                tt = torch.randint(0, t.distill_steps, (tt.shape[0], 1), generator=g).expand_as(tt).contiguous()
             vid = (x0, encode(captions, drop), tt.to(device), noise.to(device), mask.to(device))
             img = None
             if images is not None:
@@ -507,9 +526,13 @@ def train(cfg: Config, progress: bool = True) -> dict:
         final.load_state_dict(weights)
         final.config.gradient_checkpointing = False
         fps = d.fps or 8
-        VideoPipeline(final, text, schedule, codec,
-                      {"height": d.height, "width": d.width, "num_frames": d.num_frames, "fps": fps}
-                      ).save_pretrained(model_dir)
+        defaults = {"height": d.height, "width": d.width, "num_frames": d.num_frames, "fps": fps}
+        if t.teacher:          # the student samples with DDIM in its N steps, the teacher's other defaults kept
+            from .folders import load_components
+
+            defaults = {**load_components(t.teacher)[4], **defaults, "num_inference_steps": t.distill_steps}
+            schedule = NoiseSchedule.from_config({**schedule.to_config(), "_class_name": "DDIMScheduler"})
+        VideoPipeline(final, text, schedule, codec, defaults).save_pretrained(model_dir)
     accelerator.wait_for_everyone()
     return {"model_dir": model_dir, "step": step, "unet": net, "ema": ema, "skipped": sorted(skipped),
             "main": accelerator.is_main_process}
