@@ -21,8 +21,8 @@ def teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     data = make_shapes_dataset(root / "data", clips=8, size=32, num_frames=12, progress=False)
     cfg = load_config(TINY, [f"data.path={data}", f"train.output_dir={root / 'teacher'}", "data.num_frames=4",
-                             "train.steps=30", "train.checkpoint_every=30", "train.ema_decay=0",
-                             "schedule.prediction_type=sample", "schedule.timestep_spacing=trailing"])
+                             "train.steps=40", "train.checkpoint_every=40", "train.ema_decay=0",
+                             "schedule.timestep_spacing=trailing"])
     return data, train(cfg, progress=False)["model_dir"]
 
 
@@ -54,8 +54,9 @@ def test_distilled_student_at_n_steps_matches_its_teacher_at_2n(teacher, tmp_pat
     ref = _latents(t_pipe, 4)
     teacher_2 = float((_latents(t_pipe, 2) - ref).pow(2).mean())
     student_2 = float((_latents(s_pipe, 2) - ref).pow(2).mean())
+    print("student/teacher at 2 steps vs teacher at 4:", student_2, teacher_2)
     assert student_2 < 0.5 * teacher_2, (student_2, teacher_2)
-    # the student's own default is its 2 steps; a run folder resumes (nothing left to do)
+    # the student's own default is its 2 steps
     assert s_pipe("a red circle", num_frames=4, seed=0, progress=False).settings["num_inference_steps"] == 2
     log = [json.loads(x) for x in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 60

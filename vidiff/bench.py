@@ -36,10 +36,18 @@ _METRIC = {
         "params": {"type": "object"},
     },
 }
+_SEAM = {
+    "type": "object",
+    "required": ["ratio", "pairs", "known", "seam_mean", "other_median"],
+    "properties": {"ratio": {"type": ["number", "null"]}, "pairs": {"type": "array", "items": {"type": "integer"}},
+                   "known": {"type": "boolean"}, "seam_mean": {"type": ["number", "null"]},
+                   "other_median": {"type": ["number", "null"]}},
+}
 REPORT_SCHEMA = {                      # JSON Schema of one per-video record (README: "Consistency report")
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
-    "required": ["schema", "video", "frames", "height", "width", "fps", "analysis", "static", "notes", "metrics"],
+    "required": ["schema", "video", "frames", "height", "width", "fps", "analysis", "static", "notes", "metrics",
+                 "seams"],
     "properties": {
         "schema": {"const": SCHEMA_ID},
         "video": {"type": "string"},
@@ -55,6 +63,17 @@ REPORT_SCHEMA = {                      # JSON Schema of one per-video record (RE
         },
         "static": {"type": "boolean"},
         "notes": {"type": "array", "items": {"type": "string"}},
+        "seams": {
+            "type": "object",
+            "required": ["given", "flicker", "warping_error", "drift"],
+            "properties": {
+                "given": {"type": ["array", "null"], "items": {"type": "integer"}},
+                "flicker": _SEAM, "warping_error": _SEAM,
+                "drift": {"type": "object", "required": ["histogram", "clip"],
+                          "properties": {"histogram": {"type": "array", "items": {"type": "number"}},
+                                         "clip": {"type": ["array", "null"], "items": {"type": "number"}}}},
+            },
+        },
         "metrics": {
             "type": "object",
             "required": ["temporal_flickering", "warping_error", "motion_magnitude", "dynamic_degree",
@@ -86,9 +105,42 @@ def _load(video, fps: float | None) -> tuple[np.ndarray, float, str]:
     return as_frames(video), float(fps or native or 8.0), "<frames>"
 
 
+def seams_report(frames, interval: int, warp_pairs, seams=None, clip_embeddings=None) -> dict:
+    """Seam ratios (flicker's mean abs difference at native fps, warping error at the analysis fps) and drift.
+
+    `seams` are frame indices where a new window starts. Without them the pair whose mean abs
+    difference stands out most is taken as the seam (warping error per pair is too noisy on real
+    footage to pick it: DIS flow errors vary it 10x between ordinary pairs) and both ratios are read there.
+    """
+    mad = M.mean_abs_difference(frames) if len(frames) > 1 else np.zeros(0)
+    known = seams is not None
+    if not known and len(mad) > 1:
+        seams = [int(M.seam_ratio(mad)["pairs"][0]) + 1]
+    # a seam at native frame s falls in the analysis pair that spans frames s-1 and s
+    sampled_seams = None if seams is None else sorted({(int(s) - 1) // interval + 1 for s in seams if int(s) >= 1})
+    drift = {"histogram": [round(float(x), 5) for x in M.colour_histogram_drift(frames)], "clip": None}
+    if clip_embeddings is not None:
+        drift["clip"] = [round(float(x), 5) for x in clip_embeddings @ clip_embeddings[0]]
+
+    def ratio(per_pair, at):
+        r = M.seam_ratio(per_pair, at) if len(per_pair) and at else {"ratio": None, "pairs": [], "seam_mean": None,
+                                                                       "other_median": None}
+        r["known"] = known
+        return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in r.items()}
+
+    return {"given": sorted(int(s) for s in seams) if known else None,
+            "flicker": ratio(mad, seams), "warping_error": ratio(np.asarray(warp_pairs), sampled_seams),
+            "drift": drift}
+
+
 def consistency(video, reference=None, fps: float | None = None, analysis_fps: float = 8.0,
-                flow: str = "dis", clip_model: str | os.PathLike | None = None) -> dict:
-    """Score one video (path, `Video` or `f h w 3` uint8) into a record matching `REPORT_SCHEMA`."""
+                flow: str = "dis", clip_model: str | os.PathLike | None = None, seams=None) -> dict:
+    """Score one video (path, `Video` or `f h w 3` uint8) into a record matching `REPORT_SCHEMA`.
+
+    `seams` (frame indices where a new window starts) default to those a `Video` records.
+    """
+    if seams is None:          # a Video knows its windows
+        seams = getattr(video, "seams", None)
     if flow not in M.FLOW_METHODS:
         raise ValueError(f"flow must be one of {list(M.FLOW_METHODS)}, got {flow!r}")
     if not analysis_fps > 0:
@@ -97,12 +149,22 @@ def consistency(video, reference=None, fps: float | None = None, analysis_fps: f
         raise ValueError(f"fps must be > 0, got {fps:g}")
     frames, fps, name = _load(video, fps)
     f, h, w, _ = frames.shape
+    if seams is None and isinstance(video, (str, os.PathLike)):     # a file vidiff wrote carries its windows
+        from .io import read_settings
+
+        try:
+            seams = (read_settings(video) or {}).get("seams")
+        except Exception:          # settings are optional: unreadable metadata means no known seams
+            seams = None
+    if seams is not None:
+        seams = [int(s) for s in seams]
     sampled, interval = M.sample_frames(frames, fps, analysis_fps)
     fw, bw = M.flows(sampled, flow)
     motion = M.motion_magnitude(fw)
     dynamic = M.dynamic_degree(fw, h, w, len(sampled))
     guard = M.motion_guard(fw, h, w)
     params = {"analysis_fps": round(fps / interval, 6)}
+    warp = M.warping_error(sampled, (fw, bw))
     record = {
         "schema": SCHEMA_ID, "video": name, "frames": int(f), "height": int(h), "width": int(w), "fps": float(fps),
         "analysis": {"fps": round(fps / interval, 6), "interval": interval, "frames": len(sampled),
@@ -111,7 +173,7 @@ def consistency(video, reference=None, fps: float | None = None, analysis_fps: f
             "temporal_flickering": _entry(M.temporal_flickering(frames), "higher", 0, 1,
                                           "VBench temporal flickering (Huang et al., CVPR 2024)",
                                           params={"fps": float(fps), "resolution": "full"}),
-            "warping_error": _entry(M.warping_error(sampled, (fw, bw)), "lower", 0, 1,
+            "warping_error": _entry(warp, "lower", 0, 1,
                                     "Lai et al., Learning Blind Video Temporal Consistency, ECCV 2018",
                                     params={**params, "units": "[0,1] per-channel MSE",
                                             "mask": "forward-backward occlusion + motion boundaries"}),
@@ -134,9 +196,11 @@ def consistency(video, reference=None, fps: float | None = None, analysis_fps: f
         record["metrics"]["tof"] = _entry(M.tof(sampled, ref_sampled), "lower", 0, None,
                                           "TecoGAN tOF (Chu et al., SIGGRAPH 2020), Farneback flow",
                                           params={**params, "reference_video": ref_name})
+    emb = None
     if clip_model is not None:
+        emb = M.clip_embeddings(sampled, clip_model)
         record["metrics"]["clip_consistency"] = _entry(
-            M.clip_consistency(sampled, clip_model), "higher", -1, 1,
+            M.clip_consistency(sampled, clip_model, embeddings=emb), "higher", -1, 1,
             "CLIP image-embedding cosine of frames (consecutive pairs; all_pairs too)",
             params={**params, "model": str(clip_model)})
     notes = []
@@ -147,6 +211,10 @@ def consistency(video, reference=None, fps: float | None = None, analysis_fps: f
         notes.append(f"static: tracked content moves at most {guard.extra['displacement_px']:.1f} px over the clip, "
                      f"under {guard.extra['bar_px']:.1f} px (what its flow noise explains), so flicker, warping "
                      "error and SSIM say little about consistency here")
+    bad = [s for s in (seams or []) if not 1 <= s < f]
+    if bad:
+        raise ValueError(f"seams {bad} are outside 1..{f - 1} (a seam is the first frame of a new window)")
+    record["seams"] = seams_report(frames, interval, np.nan_to_num(warp.per_pair), seams, emb)
     record["static"], record["notes"] = static, notes
     return record
 
@@ -161,13 +229,15 @@ COLUMNS = [("flicker^", "temporal_flickering", "{:.4f}"), ("warp_err_v", "warpin
 def table(records: list[dict]) -> str:
     """A plain-text summary table: one row per video; ^ higher is better, v lower is better."""
     cols = [c for c in COLUMNS if any(c[1] in r["metrics"] for r in records)]
-    head = ["video", "frames"] + [c[0] for c in cols] + ["note"]
+    head = ["video", "frames"] + [c[0] for c in cols] + ["seam_v", "note"]
     rows = []
     for r in records:
         cells = [Path(r["video"]).name if r["video"] != "<frames>" else r["video"], str(r["frames"])]
         for _, key, fmt in cols:
             v = r["metrics"].get(key, {}).get("value")
             cells.append("-" if v is None else fmt.format(v))
+        seam = r.get("seams", {}).get("flicker", {})
+        cells.append("-" if seam.get("ratio") is None else f"{seam['ratio']:.2f}" + ("" if seam["known"] else "*"))
         cells.append("STATIC: barely moves, so high consistency is expected" if r["static"] and r["frames"] > 1 else "")
         rows.append(cells)
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
@@ -189,12 +259,22 @@ def plot(records: list[dict], path: str | os.PathLike) -> Path:
         raise ValueError(f"plot path must end in .png, got {str(path)!r}")
     keys = [("temporal_flickering", "flicker (per pair, native fps)"), ("warping_error", "warping error"),
             ("motion_magnitude", "mean flow (px)"), ("frame_ssim", "SSIM")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4 * (len(keys) + 1), 3.2))
     for ax, (key, title) in zip(axes, keys):
         for r in records:
             ax.plot(r["metrics"][key]["per_pair"], label=Path(r["video"]).name, lw=1.2)
+            if key == "temporal_flickering":       # known seams (or the worst pair) as dashed lines
+                for p in r.get("seams", {}).get("flicker", {}).get("pairs", []):
+                    ax.axvline(p, ls="--", lw=0.8, color="grey")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("frame pair")
+    for r in records:                             # drift: each frame against frame 0
+        drift = r.get("seams", {}).get("drift", {})
+        axes[-1].plot(drift.get("histogram", []), label=f"{Path(r['video']).name} colour", lw=1.2)
+        if drift.get("clip"):
+            axes[-1].plot(drift["clip"], label=f"{Path(r['video']).name} CLIP", lw=1.2, ls=":")
+    axes[-1].set_title("drift: similarity to frame 0", fontsize=10)
+    axes[-1].set_xlabel("frame")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")

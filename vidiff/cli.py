@@ -321,6 +321,14 @@ def _bench_consistency(args: argparse.Namespace) -> int:
         raise UsageError(f"--fps must be > 0, got {args.fps:g}")
     if args.clip_model is not None and not os.path.isdir(args.clip_model):
         raise UsageError(f"--clip-model {args.clip_model}: folder does not exist")
+    seams = None
+    if args.seams is not None:
+        try:
+            seams = [int(x) for x in args.seams.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"--seams {args.seams}: must be frame numbers separated by commas, e.g. 16,32") from None
+        if not seams or min(seams) < 1:
+            raise UsageError(f"--seams {args.seams}: frame numbers >= 1 (the first frame of each new window)")
     reference = None
     if args.reference is not None:
         frames, fps = read_video(args.reference)          # a bad reference fails before any scoring
@@ -331,7 +339,7 @@ def _bench_consistency(args: argparse.Namespace) -> int:
     for video in args.videos:
         try:
             records.append(consistency(video, reference=reference, fps=args.fps, analysis_fps=args.analysis_fps,
-                                       flow=args.flow, clip_model=args.clip_model))
+                                       flow=args.flow, clip_model=args.clip_model, seams=seams))
         except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             errors.append({"video": video, "error": msg})
@@ -499,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     cons.add_argument("--plot", default=None, help="write the per-pair curves to this .png")
     cons.add_argument("--reference", default=None, help="reference video for TecoGAN's tOF")
     cons.add_argument("--clip-model", default=None, help="local transformers CLIP folder: CLIP frame consistency")
+    cons.add_argument("--seams", default=None, help="frames where new windows start, e.g. 16,32 (default: what a "
+                      "vidiff video records; else the most outlying pair)")
     cons.add_argument("--analysis-fps", type=float, default=8.0, help="frame rate the flow metrics run at (default 8)")
     cons.add_argument("--fps", type=float, default=None, help="override the videos' native frame rate")
     cons.add_argument("--flow", default="dis", choices=["dis", "farneback"], help="OpenCV optical flow (default DIS)")

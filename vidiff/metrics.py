@@ -282,12 +282,8 @@ def _load_clip(model_dir: str):
     return model, processor
 
 
-def clip_consistency(frames, model_dir: str | os.PathLike, batch: int = 32) -> Score:
-    """Mean cosine similarity of CLIP image embeddings: consecutive pairs (value) and all pairs (`all_pairs`).
-
-    The model and its image processor (resize, centre crop, CLIP normalisation) are read from a
-    local transformers CLIP folder; nothing is downloaded.
-    """
+def clip_embeddings(frames, model_dir: str | os.PathLike, batch: int = 32) -> np.ndarray:
+    """Unit-length CLIP image embeddings `(f, d)` of the frames, from a local transformers CLIP folder."""
     import torch
 
     f = _check(frames)
@@ -298,10 +294,59 @@ def clip_consistency(frames, model_dir: str | os.PathLike, batch: int = 32) -> S
             pixels = processor(images=list(f[i:i + batch]), return_tensors="pt")["pixel_values"]
             out = model.get_image_features(pixel_values=pixels)
             feats.append(getattr(out, "pooler_output", out))
-    e = torch.nn.functional.normalize(torch.cat(feats).float(), dim=-1).numpy()
+    return torch.nn.functional.normalize(torch.cat(feats).float(), dim=-1).numpy()
+
+
+def clip_consistency(frames, model_dir: str | os.PathLike, batch: int = 32, embeddings=None) -> Score:
+    """Mean cosine similarity of CLIP image embeddings: consecutive pairs (value) and all pairs (`all_pairs`).
+
+    The model and its image processor (resize, centre crop, CLIP normalisation) are read from a
+    local transformers CLIP folder; nothing is downloaded.
+    """
+    e = clip_embeddings(frames, model_dir, batch) if embeddings is None else embeddings
     if len(e) < 2:
         return Score(None)
     sims = e @ e.T
     consecutive = np.array([sims[i, i + 1] for i in range(len(e) - 1)])
     off = sims[~np.eye(len(e), dtype=bool)]
     return Score(float(consecutive.mean()), consecutive, {"all_pairs": float(off.mean())})
+
+
+# ---- seams and drift (long videos made of windows) -----------------------------------------------------
+def seam_ratio(per_pair, seams=None, outliers: int = 1) -> dict:
+    """How much worse the pairs at seams are than the rest: mean over seam pairs / median over the others.
+
+    `per_pair[i]` scores the pair (frame i, frame i+1), higher = worse (mean abs difference, warping
+    error). A seam at frame s (the first frame of a new window) is pair s - 1. Without known seams the
+    `outliers` worst pairs stand in for them, so a cut spliced into any footage shows up. Returns
+    {"ratio", "pairs", "seam_mean", "other_median", "known"}; ratio is None when the other pairs are all
+    zero (a still video) or there are no other pairs.
+    """
+    v = np.asarray(per_pair, dtype=np.float64)
+    known = seams is not None
+    if known:
+        bad = sorted({int(s) - 1 for s in seams if 1 <= int(s) <= len(v)})
+    else:
+        bad = sorted(np.argsort(-v, kind="stable")[:max(0, min(outliers, len(v) - 1))].tolist())
+    rest = np.delete(v, bad)
+    out = {"pairs": bad, "known": known, "seam_mean": float(v[bad].mean()) if bad else None,
+           "other_median": float(np.median(rest)) if len(rest) else None, "ratio": None}
+    if bad and len(rest) and out["other_median"] > 0:
+        out["ratio"] = out["seam_mean"] / out["other_median"]
+    return out
+
+
+def colour_histogram_drift(frames, bins: int = 8) -> np.ndarray:
+    """Each frame's colour-histogram intersection with frame 0 (1 = same colours), `bins` per channel."""
+    f = _check(frames)
+    idx = (f.astype(np.int64) * bins // 256)
+    codes = (idx[..., 0] * bins + idx[..., 1]) * bins + idx[..., 2]
+    hists = np.stack([np.bincount(c.ravel(), minlength=bins ** 3) for c in codes]).astype(np.float64)
+    hists /= hists.sum(1, keepdims=True)
+    return np.minimum(hists, hists[:1]).sum(1)
+
+
+def mean_abs_difference(frames) -> np.ndarray:
+    """Per pair: mean |frame_i+1 - frame_i| over pixels and channels (0-255); VBench flicker's per-pair term."""
+    f = _check(frames).astype(np.float32)
+    return np.abs(f[1:] - f[:-1]).mean(axis=(1, 2, 3))

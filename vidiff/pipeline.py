@@ -38,6 +38,7 @@ class Video:
     frames: np.ndarray
     fps: float = 8.0
     settings: dict = field(default_factory=dict)   # what made it (seed included); saved inside the file
+    seams: list | None = None                      # first frame of each window after the first (long-video modes)
 
     def save(self, path: str | os.PathLike, upscale: int = 1) -> Path:
         """Write MP4 / GIF / PNG / frame folder by suffix (atomically), with the settings as metadata.
@@ -275,10 +276,12 @@ class VideoPipeline:
         if first_frame_first and f > 1 and not given:
             given = {0: self._decode(sample_window(self, (*shape[:2], 1, *shape[3:]), None, **run))[0]}
         known = self._encode_given(given or {}, f, h, w, b)
+        seams = None
         if mode == "all" or chunk >= f:
             out = sample_window(self, shape, known, noise=latents, **run)
         else:
-            out = sample_autoregressive(self, shape, known, chunk, context, noise=latents, **run)
+            seams = []
+            out = sample_autoregressive(self, shape, known, chunk, context, noise=latents, seams=seams, **run)
         if output_type == "latent":
             return out
         import vidiff
@@ -288,8 +291,9 @@ class VideoPipeline:
                     "guidance_scale": guidance_scale if isinstance(guidance_scale, (int, float)) else list(guidance_scale),
                     "mode": mode, "chunk": chunk, "context": context, "fps": fps,
                     "first_frame_first": bool(first_frame_first), "given_frames": sorted(given or {}),
-                    "model": getattr(self, "source", None), "vidiff": getattr(vidiff, "__version__", None)}
-        videos = [Video(self._decode(out[i:i + 1]), fps, dict(settings)) for i in range(b)]
+                    "model": getattr(self, "source", None), "vidiff": getattr(vidiff, "__version__", None),
+                    "seams": seams}
+        videos = [Video(self._decode(out[i:i + 1]), fps, dict(settings), seams) for i in range(b)]
         return videos[0] if b == 1 else videos
 
     def animate(self, image, prompt: str = "", resize: str | None = None, **kwargs) -> Video:

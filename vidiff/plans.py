@@ -84,6 +84,7 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
         x = torch.where(per_frame(known[1], x) > 0, known[0], x)
     return x
 
+
 def noise_layout(unet_config):
     """How a sampler draws its step noise: as diffusers' pipeline for this family lays it out.
 
@@ -99,10 +100,11 @@ def noise_layout(unet_config):
         return rearrange(flat, "(b f) c h w -> b c f h w", b=b)
     return randn
 
-def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, **run):
+def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, seams: list | None = None, **run):
     """Slide a `chunk`-frame window: each new window's first `context` frames are given.
 
     With `noise` (the whole video's starting noise), each window starts from its slice of it.
+    `seams`, when a list, receives the first new frame of every window after the first.
     """
     b, c, f, hh, ww = shape
     out = torch.zeros(shape, device=pipe.device)
@@ -113,10 +115,15 @@ def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, **run)
     # first window starts at the first frame still to make, backed up to give it context
     start = int(torch.nonzero(~done)[0]) if (~done).any() else f
     start = max(0, start - context) if start > 0 else 0
+    windows = 0
     while start < f and not done[start:].all():
         end = min(start + chunk, f)
         win_mask = done[start:end].float()[None].expand(b, -1).to(pipe.device)
         win_known = (out[:, :, start:end], win_mask) if win_mask.any() else None
+        new = torch.nonzero(~done[start:end])
+        if seams is not None and len(new) and windows:
+            seams.append(start + int(new[0]))
+        windows += 1
         window = sample_window(pipe, (b, c, end - start, hh, ww), win_known, offset=start,
                               noise=None if noise is None else noise[:, :, start:end], **run)
         out[:, :, start:end] = window
