@@ -186,7 +186,7 @@ def _run(args: argparse.Namespace, pipe, frames: int, height: int, width: int, m
     if args.steps is None:
         args.steps = int(pipe.defaults.get("num_inference_steps", 25))      # the model's own (distilled: fewer)
     pipe.check_args(frames, height, width, args.steps, args.sampler, args.mode, args.chunk, args.context,
-                    1.0 if args.guidance is None else args.guidance, args.fps or 8)
+                    1.0 if args.guidance is None else args.guidance, args.fps or 8, getattr(args, "stride", 4))
     guidance = pipe.defaults.get("guidance_scale", 7.5) if args.guidance is None else args.guidance
     pipe.guard(frames, height, width, args.mode, args.chunk, guidance > 1, args.force)
     if args.seed is None:
@@ -204,19 +204,36 @@ def _run(args: argparse.Namespace, pipe, frames: int, height: int, width: int, m
           f"(seed {args.seed}; settings stored in the file)")
 
 
+def _travel(args: argparse.Namespace, frames: int):
+    """The prompt, or {0: prompt, frame: text, ...} with --prompt-at FRAME:TEXT (prompt travel)."""
+    if not args.prompt_at:
+        return args.prompt
+    prompt = {0: args.prompt}
+    for item in args.prompt_at:
+        at, sep, text = item.partition(":")
+        if not sep or not at.strip().isdigit() or not text.strip():
+            raise UsageError(f"--prompt-at {item!r}: must be FRAME:TEXT, e.g. 16:a blue circle moving right")
+        if not 0 <= int(at) < frames:
+            raise UsageError(f"--prompt-at {item!r}: frame {int(at)} is outside 0..{frames - 1}")
+        prompt[int(at)] = text.strip()
+    return prompt
+
+
 def _generate(args: argparse.Namespace) -> None:
     pipe = _load_pipeline(args)
     d = pipe.defaults
     frames = d["num_frames"] if args.frames is None else args.frames     # the model's own length by default
     height, width = args.height or d["height"], args.width or d["width"]
+    prompt = _travel(args, frames)
     if args.image is None:
         _run(args, pipe, frames, height, width, lambda kw: pipe(
-            args.prompt, num_frames=frames, mode=args.mode, chunk=args.chunk, context=args.context,
+            prompt, num_frames=frames, mode=args.mode, chunk=args.chunk, context=args.context, stride=args.stride,
+            weighting=args.weighting, noise_type=args.noise_type, partitions=args.partitions, lookahead=args.lookahead,
             first_frame_first=args.first_frame_first, **kw))
         return
     first = _read_frames("--image", args.image)[0]
     _run(args, pipe, frames, height, width, lambda kw: pipe.animate(
-        first, args.prompt, resize=args.resize, num_frames=frames, mode=args.mode, chunk=args.chunk,
+        first, prompt, resize=args.resize, num_frames=frames, mode=args.mode, chunk=args.chunk,
         context=args.context, **kw))
 
 
@@ -228,8 +245,9 @@ def _extend(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.video} is {w}x{h}; extend keeps the video's size (drop --height/--width)")
     frames = pipe.defaults["num_frames"] if args.frames is None else args.frames
     args.mode = "autoregressive"
+    prompt = _travel(args, len(video) + frames)           # frames count from the start of the input video
     _run(args, pipe, len(video) + frames, h, w, lambda kw: pipe.extend(
-        video, args.prompt, num_frames=frames, chunk=args.chunk, context=args.context,
+        video, prompt, num_frames=frames, chunk=args.chunk, context=args.context,
         **{k: v for k, v in kw.items() if k not in ("height", "width")}))
 
 
@@ -242,8 +260,9 @@ def _interpolate(args: argparse.Namespace) -> None:
     frames = pipe.defaults["num_frames"] if args.frames is None else args.frames
     if frames < 3:
         raise UsageError(f"--frames must be >= 3 for interpolation (first, at least one between, last), got {frames}")
+    prompt = _travel(args, frames)
     _run(args, pipe, frames, first.shape[0], first.shape[1], lambda kw: pipe.interpolate(
-        first, last, args.prompt, num_frames=frames, **kw))
+        first, last, prompt, num_frames=frames, **kw))
 
 
 def _data_shapes(args: argparse.Namespace) -> None:
@@ -396,6 +415,8 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, else 25)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's, else 7.5)")
     p.add_argument("--negative-prompt", default=None, help="what to steer away from")
+    p.add_argument("--prompt-at", action="append", default=[], metavar="FRAME:TEXT",
+                   help="prompt travel: from FRAME on the prompt becomes TEXT (blended in between); repeatable")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed and stored)")
     p.add_argument("--sampler", default=None, choices=["ddim", "euler", "euler_ancestral", "dpmpp_2m", "lcm"],
                    help="default: the one the model folder's scheduler names")
@@ -404,8 +425,15 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
                         "EulerDiscreteScheduler:timestep_spacing=trailing,beta_schedule=linear")
     p.add_argument("--motion-adapter", default=None,
                    help="AnimateDiff motion module for a Stable Diffusion --model: MotionAdapter folder or .safetensors")
-    p.add_argument("--chunk", type=int, default=16, help="frames per window in autoregressive mode")
-    p.add_argument("--context", type=int, default=4, help="frames carried into each new window")
+    p.add_argument("--chunk", type=int, default=16, help="frames per window (autoregressive, windows)")
+    p.add_argument("--context", type=int, default=4, help="autoregressive: frames carried into each new window")
+    p.add_argument("--stride", type=int, default=4, help="windows: frames between window starts (default 4)")
+    p.add_argument("--weighting", default="pyramid", choices=["flat", "pyramid", "delayed_reverse_sawtooth"],
+                   help="windows: how overlapping windows are averaged (default pyramid)")
+    p.add_argument("--partitions", type=int, default=4, help="fifo: queue length in windows (steps = partitions x chunk)")
+    p.add_argument("--no-lookahead", dest="lookahead", action="store_false", help="fifo: without lookahead denoising")
+    p.add_argument("--noise-type", default="shuffle_context", choices=["shuffle_context", "repeat_context", "random"],
+                   help="windows: starting noise (default shuffle_context, FreeNoise)")
     p.add_argument("--upscale", type=int, default=1, help="save each pixel as an n x n block (for viewing small videos)")
     p.add_argument("--force", action="store_true", help="run even when the memory estimate says it will not fit")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -423,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="text-to-video (or image-to-video with --image)")
     gen.add_argument("prompt", help="what the video shows")
     _generation_args(gen, frames_help="number of frames (default: the model's; 1 = an image)")
-    gen.add_argument("--mode", default="all", choices=["all", "autoregressive"])
+    gen.add_argument("--mode", default="all", choices=["all", "autoregressive", "windows", "fifo"])
     gen.add_argument("--image", default=None, help="first frame (image-to-video): an image, or a video's first frame")
     gen.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"],
                      help="fit --image to the output size (default crop: cover, then centre crop)")

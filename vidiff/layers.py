@@ -210,12 +210,15 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim, dropout=dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, f: int) -> torch.Tensor:
-        """x: `(b f) n c`; context: `b m c'`, shared by the f frames of a sample."""
+        """x: `(b f) n c`; context: `b m c'`, shared by the f frames of a sample, or `(b f) m c'`, per frame."""
         x = self.attn1(self.norm1(x)) + x
-        # Every frame attends to the same text, so queries of all frames go in one call
-        # against the un-repeated context: no f-fold copy of the keys and values.
-        h = rearrange(self.norm2(x), "(b f) n c -> b (f n) c", f=f)
-        x = rearrange(self.attn2(h, context), "b (f n) c -> (b f) n c", f=f) + x
+        if context.shape[0] == x.shape[0]:          # a text per frame (prompt travel), or f == 1
+            x = self.attn2(self.norm2(x), context) + x
+        else:
+            # Every frame attends to the same text, so queries of all frames go in one call
+            # against the un-repeated context: no f-fold copy of the keys and values.
+            h = rearrange(self.norm2(x), "(b f) n c -> b (f n) c", f=f)
+            x = rearrange(self.attn2(h, context), "b (f n) c -> (b f) n c", f=f) + x
         return residual_ff(x, self.norm3, self.ff)
 
 
@@ -323,6 +326,56 @@ def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Ten
     return torch.cat([rot, x[..., d - d % 2:]], dim=-1)
 
 
+WEIGHTINGS = ("flat", "pyramid", "delayed_reverse_sawtooth")
+
+
+def window_weights(length: int, scheme: str = "pyramid") -> list[float]:
+    """Per-frame weights of one window when overlapping windows are fused (FreeNoise; diffusers' schemes)."""
+    half = length // 2
+    if scheme == "flat":
+        return [1.0] * length
+    if scheme == "pyramid":            # 4 -> [1, 2, 2, 1]; 5 -> [1, 2, 3, 2, 1]
+        up = list(range(1, half + 1)) if length % 2 == 0 else list(range(1, (length + 1) // 2))
+        return [float(v) for v in (up + up[::-1] if length % 2 == 0 else up + [(length + 1) // 2] + up[::-1])]
+    if scheme == "delayed_reverse_sawtooth":   # 4 -> [0.01, 2, 2, 1]; 5 -> [0.01, 0.01, 3, 2, 1]
+        if length % 2 == 0:
+            return [0.01] * (half - 1) + [float(half)] + [float(v) for v in range(half, 0, -1)]
+        mid = (length + 1) // 2          # as documented (diffusers' code builds length + 1 weights here and fails)
+        return [0.01] * (mid - 1) + [float(v) for v in range(mid, 0, -1)]
+    raise ValueError(f"window weighting must be one of {WEIGHTINGS}, got {scheme!r}")
+
+
+def fuse_windows(x: torch.Tensor, fn, length: int, stride: int, scheme: str = "pyramid") -> torch.Tensor:
+    """Apply `fn` to overlapping frame windows of `x` (`n f c`) and average the outputs with `window_weights`.
+
+    Windows start every `stride` frames; when they do not reach the end, one more window is aligned
+    to it and only its new frames count. This is diffusers' FreeNoise fusion, including its quirk that
+    those last frames are counted with one frame's weight.
+    """
+    f = x.shape[1]
+    if f <= length:
+        return fn(x)
+    spans = [(i, min(f, i + length)) for i in range(0, f - length + 1, stride)]
+    w = torch.tensor(window_weights(length, scheme), device=x.device, dtype=x.dtype)[None, :, None]
+    complete = spans[-1][1] == f
+    tail = f - spans[-1][1]
+    if not complete:
+        spans.append((f - length, f))
+    acc = torch.zeros_like(x)
+    count = torch.zeros((1, f, 1), device=x.device)
+    for i, (s, e) in enumerate(spans):
+        weights = torch.ones_like(count[:, s:e]) * w
+        out = fn(x[:, s:e])
+        if i == len(spans) - 1 and not complete:
+            acc[:, -tail:] += out[:, -tail:] * weights[:, -tail:]
+            count[:, -tail:] += weights[:, -tail]
+        else:
+            acc[:, s:e] += out * weights
+            count[:, s:e] += weights
+    return torch.cat([torch.where(c > 0, a / c, a) for a, c in zip(acc.split(length, 1), count.split(length, 1))],
+                     dim=1).to(x.dtype)
+
+
 class TemporalAttention(nn.Module):
     """Self-attention across frames at each spatial position, with RoPE on frame index.
 
@@ -339,14 +392,18 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)
         self.backend = "sdpa"
+        self.window = None             # (length, stride, weighting): attend within overlapping windows (FreeNoise)
+
+    def _attend(self, h: torch.Tensor) -> torch.Tensor:
+        f = h.shape[1]
+        q, k, v = rearrange(self.to_qkv(h), "n f (k h d) -> k n h f d", k=3, h=self.heads)
+        pos = torch.arange(f, device=h.device)
+        q, k = rope(q, pos), rope(k, pos)
+        return self.to_out(rearrange(attention(q, k, v, self.backend), "n h f d -> n f (h d)"))
 
     def forward(self, x: torch.Tensor, f: int) -> torch.Tensor:
         """x: `(b f) c h w` -> same."""
         _, _, hh, ww = x.shape
         h = rearrange(self.norm(x), "(b f) c h w -> (b h w) f c", f=f)
-        q, k, v = rearrange(self.to_qkv(h), "n f (k h d) -> k n h f d", k=3, h=self.heads)
-        pos = torch.arange(f, device=x.device)
-        q, k = rope(q, pos), rope(k, pos)
-        out = rearrange(attention(q, k, v, self.backend), "n h f d -> n f (h d)")
-        out = rearrange(self.to_out(out), "(b h w) f c -> (b f) c h w", h=hh, w=ww)
-        return x + out
+        out = self._attend(h) if self.window is None else fuse_windows(h, self._attend, *self.window)
+        return x + rearrange(out, "(b h w) f c -> (b f) c h w", h=hh, w=ww)

@@ -22,13 +22,13 @@ from einops import rearrange
 
 from .codec import PixelCodec, VaeCodec
 from .io import as_frames, available_memory, fit_frame, read_video, write_video
-from .plans import sample_autoregressive, sample_window
+from .plans import sample_autoregressive, sample_fifo, sample_window, sample_windows
 from .samplers import get_sampler
 from .schedule import NoiseSchedule
 from .text import TextEncoder
 from .unet import UNet
 
-MODES = ("all", "autoregressive")
+MODES = ("all", "autoregressive", "windows", "fifo")
 
 
 @dataclass
@@ -75,6 +75,33 @@ def load_frames(source) -> np.ndarray:
 
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "shapes-64"   # shipped, trained by vidiff's recipe
+
+
+def travel(text_encoder, prompt, num_frames: int) -> torch.Tensor:
+    """Per-frame text states `(f, n, d)` for `prompt` = text or {frame: text} (prompt travel).
+
+    Key frames get their prompt's states; frames between two keys get the linear blend, and the last
+    key holds to the end, as diffusers interpolates dict prompts (`AnimateDiffFreeNoiseMixin`).
+    """
+    if isinstance(prompt, str):
+        return text_encoder([prompt])[0].expand(num_frames, -1, -1)
+    if not isinstance(prompt, dict) or not prompt:
+        raise ValueError(f"prompt must be a text or a non-empty {{frame: text}} dict, got {type(prompt).__name__}")
+    bad = [k for k, v in prompt.items() if not isinstance(k, int) or isinstance(k, bool) or not isinstance(v, str)]
+    if bad:
+        raise ValueError(f"prompt travel needs {{frame: text}} with integer frames, got key {bad[0]!r}")
+    keys = sorted(prompt)
+    if keys[0] != 0 or keys[-1] >= num_frames:
+        raise ValueError(f"prompt travel frames must start at 0 and stay below num_frames={num_frames}, got {keys}")
+    states = text_encoder([prompt[k] for k in keys])
+    out = states[-1:].expand(num_frames, -1, -1).clone()
+    if keys[-1] != num_frames - 1:                    # the last prompt holds to the last frame
+        keys, states = keys + [num_frames - 1], torch.cat([states, states[-1:]])
+    for i in range(len(keys) - 1):
+        a, b = keys[i], keys[i + 1]
+        w = torch.linspace(0, 1, b - a + 1, dtype=states.dtype, device=states.device)[:, None, None]
+        out[a:b + 1] = (1 - w) * states[i] + w * states[i + 1]
+    return out
 
 
 class VideoPipeline:
@@ -147,7 +174,7 @@ class VideoPipeline:
 
     # ---- checks ------------------------------------------------------------------------------
     def check_args(self, num_frames=None, height=None, width=None, num_inference_steps=25, sampler=None,
-                   mode="all", chunk=16, context=4, guidance_scale=7.5, fps=8) -> tuple[int, int, int]:
+                   mode="all", chunk=16, context=4, guidance_scale=7.5, fps=8, stride=4) -> tuple[int, int, int]:
         """Validate generation arguments before any work; returns (frames, height, width)."""
         f = self.defaults["num_frames"] if num_frames is None else num_frames
         h = self.defaults["height"] if height is None else height
@@ -166,10 +193,14 @@ class VideoPipeline:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "autoregressive" and not (1 <= context < chunk):
             raise ValueError(f"autoregressive mode needs 1 <= context < chunk, got context={context}, chunk={chunk}")
+        if mode == "fifo" and chunk < 2:
+            raise ValueError(f"fifo mode needs chunk (the window) >= 2, got {chunk}")
+        if mode == "windows" and not (1 <= stride <= chunk):
+            raise ValueError(f"windows mode needs 1 <= stride <= chunk, got stride={stride}, chunk={chunk}")
         cfg = self.unet.config
         if cfg.temporal and cfg.temporal_family == "animatediff":
             table = cfg.motion_max_seq_length
-            window = f if mode == "all" else min(chunk, f)
+            window = f if mode == "all" else chunk if mode == "fifo" else min(chunk, f)
             if window > table:
                 raise ValueError(f"{window} frames in one window exceed the motion module's positional table of "
                                  f"{table} frames; use mode='autoregressive' (CLI: --mode autoregressive) with "
@@ -187,7 +218,7 @@ class VideoPipeline:
         """Rough peak bytes of one generation: UNet activations of one window, the whole video's
         latents and frames, VAE decoding, weights. Calibrated on shapes-64 (measured/estimate ~0.75)."""
         r = self.codec.factor
-        window = num_frames if mode == "all" else min(chunk, num_frames)
+        window = num_frames if mode in ("all", "windows") else min(chunk, num_frames)
         h, w = max(1, height // r), max(1, width // r)
         ch = self.unet.config.block_out_channels
         cells = sum(c * max(1, h >> i) * max(1, w >> i) for i, c in enumerate(ch))   # activations per frame
@@ -208,7 +239,7 @@ class VideoPipeline:
         far = []
         if not (0.5 <= height / d["height"] <= 2 and 0.5 <= width / d["width"] <= 2):
             far.append(f"{width}x{height} (trained at {d['width']}x{d['height']})")
-        window = num_frames if mode == "all" else min(chunk, num_frames)
+        window = num_frames if mode in ("all", "windows") else min(chunk, num_frames)
         if window > 2 * d["num_frames"]:
             far.append(f"{window} frames in one window (trained on {d['num_frames']})")
         need, free = self.estimate_memory(num_frames, height, width, mode, chunk, guidance), available_memory()
@@ -224,14 +255,18 @@ class VideoPipeline:
             warnings.warn(f"{' and '.join(far)} is far outside what the model was trained on; expect poor results")
 
     # ---- generation --------------------------------------------------------------------------
-    def __call__(self, prompt: str = "", negative_prompt: str | None = None, num_frames: int | None = None,
+    def __call__(self, prompt: str | dict = "", negative_prompt: str | dict | None = None, num_frames: int | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
                  guidance_scale=None, sampler: str | None = None, eta: float = 0.0, seed: int | None = None,
                  generator: torch.Generator | None = None, mode: str = "all", chunk: int = 16, context: int = 4,
                  fps: float | None = None, given: dict | None = None, progress: bool = True,
                  first_frame_first: bool | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "video"):
+                 output_type: str = "video", stride: int = 4, weighting: str = "pyramid",
+                 noise_type: str = "shuffle_context", partitions: int = 4, lookahead: bool = True):
         """Generate a video (or an image when num_frames=1). `given` maps frame index -> image.
+
+        `prompt` (and `negative_prompt`) may be {frame: text}: prompt travel, the text states blended
+        between key frames (see `travel`), in every mode.
 
         `sampler` defaults to the one the model folder's scheduler names. `latents` (`b c f h w`, in
         the codec's space) is the starting noise, scaled as diffusers scales it; its shape sets the
@@ -258,31 +293,43 @@ class VideoPipeline:
         sampler = sampler or self.schedule.sampler
         guidance_scale = self.defaults.get("guidance_scale", 7.5) if guidance_scale is None else guidance_scale
         f, h, w = self.check_args(num_frames, height, width, num_inference_steps, sampler, mode, chunk,
-                                  context, guidance_scale, fps)
+                                  context, guidance_scale, fps, stride)
         if seed is None and generator is None:
             seed = int(torch.randint(0, 2 ** 31, ()).item())      # recorded in the settings: reproducible
         g = generator or torch.Generator(device="cpu").manual_seed(seed)
         if first_frame_first is None:
             first_frame_first = bool(self.defaults.get("first_frame_first", False))
+        if mode == "fifo":
+            if given or latents is not None or output_type != "video" or b > 1:
+                raise ValueError("fifo mode makes one video from text: no given frames, latents or latent output")
+            first_frame_first = False
         if first_frame_first and not self.unet.config.frame_conditioning:
             raise ValueError("first_frame_first=True needs a model with frame_conditioning (image-to-video); "
                              "this one has none")
         if first_frame_first and b > 1:
             raise ValueError("first_frame_first works on one video at a time (latents with b=1)")
-        ctx = self._text(prompt, negative_prompt, guidance_scale)
+        ctx = self._text(prompt, negative_prompt, guidance_scale, f)
         run = dict(ctx=ctx, steps=num_inference_steps, guidance=guidance_scale, sampler=sampler, eta=eta,
                    generator=g, progress=progress)
         shape = (b, self.codec.channels, f, h // self.codec.factor, w // self.codec.factor)
         if first_frame_first and f > 1 and not given:
-            given = {0: self._decode(sample_window(self, (*shape[:2], 1, *shape[3:]), None, **run))[0]}
+            first = {**run, "ctx": ctx[:, :1]} if ctx.ndim == 4 else run
+            given = {0: self._decode(sample_window(self, (*shape[:2], 1, *shape[3:]), None, **first))[0]}
         known = self._encode_given(given or {}, f, h, w, b)
         seams = None
-        if mode == "all" or chunk >= f:
+        if mode == "fifo":
+            frames = sample_fifo(self, shape, ctx, guidance_scale, g, progress, window=chunk, partitions=partitions,
+                                 lookahead=lookahead)
+        elif mode == "all" or chunk >= f:
             out = sample_window(self, shape, known, noise=latents, **run)
+        elif mode == "windows":
+            seams = []
+            out = sample_windows(self, shape, known, chunk, stride, weighting, noise_type, noise=latents,
+                                 seams=seams, **run)
         else:
             seams = []
             out = sample_autoregressive(self, shape, known, chunk, context, noise=latents, seams=seams, **run)
-        if output_type == "latent":
+        if output_type == "latent" and mode != "fifo":
             return out
         import vidiff
 
@@ -290,13 +337,17 @@ class VideoPipeline:
                     "num_inference_steps": num_inference_steps, "sampler": sampler, "eta": eta, "seed": seed,
                     "guidance_scale": guidance_scale if isinstance(guidance_scale, (int, float)) else list(guidance_scale),
                     "mode": mode, "chunk": chunk, "context": context, "fps": fps,
+                    **({"stride": stride, "weighting": weighting, "noise_type": noise_type} if mode == "windows" else {}),
                     "first_frame_first": bool(first_frame_first), "given_frames": sorted(given or {}),
                     "model": getattr(self, "source", None), "vidiff": getattr(vidiff, "__version__", None),
                     "seams": seams}
+        if mode == "fifo":
+            settings.update(partitions=partitions, lookahead=lookahead, num_inference_steps=partitions * chunk)
+            return Video(frames, fps, settings, None)
         videos = [Video(self._decode(out[i:i + 1]), fps, dict(settings), seams) for i in range(b)]
         return videos[0] if b == 1 else videos
 
-    def animate(self, image, prompt: str = "", resize: str | None = None, **kwargs) -> Video:
+    def animate(self, image, prompt: str | dict = "", resize: str | None = None, **kwargs) -> Video:
         """Image-to-video: frame 0 is `image` (path, PIL, numpy `h w 3` uint8; a video gives its first frame).
 
         `resize` (crop / pad / stretch) fits the image to `height` x `width` (default: the model's
@@ -315,7 +366,7 @@ class VideoPipeline:
         kwargs["height"], kwargs["width"] = h, w
         return self(prompt, given={0: frame}, **kwargs)
 
-    def interpolate(self, first, last, prompt: str = "", num_frames: int | None = None, **kwargs) -> Video:
+    def interpolate(self, first, last, prompt: str | dict = "", num_frames: int | None = None, **kwargs) -> Video:
         """Frames between `first` and `last` (both kept)."""
         a, b = load_frames(first)[-1], load_frames(last)[0]
         f = num_frames or self.defaults["num_frames"]
@@ -323,7 +374,7 @@ class VideoPipeline:
         kwargs.setdefault("width", a.shape[1])
         return self(prompt, num_frames=f, given={0: a, f - 1: b}, **kwargs)
 
-    def extend(self, video, prompt: str = "", num_frames: int = 16, context: int = 4, chunk: int = 16,
+    def extend(self, video, prompt: str | dict = "", num_frames: int = 16, context: int = 4, chunk: int = 16,
                **kwargs) -> Video:
         """Continue `video` by `num_frames` new frames, autoregressively; returns the whole video."""
         frames = load_frames(video)
@@ -341,8 +392,11 @@ class VideoPipeline:
         return out
 
     # ---- internals ---------------------------------------------------------------------------
-    def _text(self, prompt, negative_prompt, guidance_scale):
+    def _text(self, prompt, negative_prompt, guidance_scale, num_frames: int = 1):
         cfg = bool(torch.as_tensor(guidance_scale, dtype=torch.float32).gt(1).any())   # as diffusers: CFG when > 1
+        if isinstance(prompt, dict) or isinstance(negative_prompt, dict):             # prompt travel: a text per frame
+            parts = ([negative_prompt or ""] if cfg else []) + [prompt]
+            return torch.stack([travel(self.text_encoder, p, num_frames) for p in parts]).to(self.device, self.dtype)
         prompts = ([negative_prompt or ""] if cfg else []) + [prompt]
         return self.text_encoder(prompts).to(self.device, self.dtype)
 

@@ -7,6 +7,7 @@ thin owner of model, text, codec and schedule and calls these.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from einops import rearrange
 
@@ -124,11 +125,140 @@ def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, seams:
         if seams is not None and len(new) and windows:
             seams.append(start + int(new[0]))
         windows += 1
+        per_frame_text = run["ctx"].ndim == 4                      # prompt travel: this window's texts
         window = sample_window(pipe, (b, c, end - start, hh, ww), win_known, offset=start,
-                              noise=None if noise is None else noise[:, :, start:end], **run)
+                              noise=None if noise is None else noise[:, :, start:end],
+                              **({**run, "ctx": run["ctx"][:, start:end]} if per_frame_text else run))
         out[:, :, start:end] = window
         done[start:end] = True
         if end == f:
             break
         start = end - context
     return out
+
+
+NOISE_TYPES = ("shuffle_context", "repeat_context", "random")
+
+
+def freenoise_noise(shape, generator, length: int, stride: int, noise_type: str = "shuffle_context") -> torch.Tensor:
+    """Starting noise for windowed sampling (FreeNoise, Qiu et al. 2024), drawn as diffusers draws it.
+
+    `shuffle_context`: every `stride` frames past the first window repeat a shuffled block of the
+    frames `length` earlier, so distant windows start from correlated noise. diffusers'
+    `repeat_context` draws all frames at once as well (its window-sized draw never triggers), so
+    here it is the same as `random`.
+    """
+    if noise_type not in NOISE_TYPES:
+        raise ValueError(f"noise type must be one of {NOISE_TYPES}, got {noise_type!r}")
+    noise = torch.randn(shape, generator=generator)
+    f = shape[2]
+    if noise_type != "shuffle_context":
+        return noise
+    for i in range(length, f, stride):
+        start = max(0, i - length)
+        end = min(f, start + stride)
+        if end == start:
+            break
+        idx = torch.arange(start, end)[torch.randperm(end - start, generator=generator)]
+        n = min(f, i + len(idx)) - i
+        noise[:, :, i:i + n] = noise[:, :, idx[:n]]
+    return noise
+
+
+def sample_windows(pipe, shape, known, length: int, stride: int, weighting: str, noise_type: str, noise=None,
+                   seams: list | None = None, **run):
+    """All frames denoised together; temporal attention in overlapping windows fused every step (FreeNoise).
+
+    `seams`, when a list, receives where each window after the first starts (its frames overlap the
+    previous window, so these are where a join could show).
+    """
+    if noise is None:
+        noise = freenoise_noise(shape, run["generator"], length, stride, noise_type)
+    f = shape[2]
+    if seams is not None and f > length:
+        starts = list(range(stride, f - length + 1, stride))
+        if not starts or starts[-1] + length < f:
+            starts.append(f - length)
+        seams.extend(starts)
+    with pipe.unet.temporal_windows(length, stride, weighting):
+        return sample_window(pipe, shape, known, noise=noise, **run)
+
+
+def _guided(pipe, ctx, guidance, b: int):
+    """`model(x_t, t, ctx_frames)` for one window with classifier-free guidance when ctx holds [negative, positive]."""
+    cfg = ctx.shape[0] == 2
+    n = 2 if cfg else 1
+    gscale = torch.as_tensor(guidance, dtype=torch.float32, device=pipe.device)
+    if gscale.ndim == 1:
+        raise ValueError("fifo mode takes one guidance scale, not a (first, last) ramp")
+
+    def model(x_t, t, c):
+        if c.shape[0] != b * n:
+            c = c.repeat_interleave(b, 0)
+        out = pipe.unet(x_t.repeat(n, 1, 1, 1, 1).to(pipe.dtype), t.repeat(n, 1), c).float()
+        if not cfg:
+            return out
+        uncond, cond = out.chunk(2)
+        return uncond + gscale * (cond - uncond)
+    return model
+
+
+def sample_fifo(pipe, shape, ctx, guidance, generator, progress, window: int, partitions: int = 4,
+                lookahead: bool = True, **_):
+    """FIFO-Diffusion (Kim et al. 2024): a queue of frames whose noise rises from head to tail.
+
+    The queue holds `partitions * window` frames, frame k at level k of a DDIM grid of that many
+    steps. Each pass denoises every frame one level (the UNet sees `window` frames at a time, each
+    at its own level), the clean head frame leaves as output and fresh noise joins the tail, so
+    memory does not grow with the video's length. With `lookahead`, `window / 2` clean frames ride
+    ahead of the head and windows overlap by half; only each window's noisier half is written back.
+    The queue starts from a base clip sampled in one window, and the first `(partitions - 1) * window`
+    outputs are warm-up and dropped (the paper's released code). Returns decoded frames `f h w 3`.
+    """
+    from tqdm.auto import tqdm
+
+    b, c, total, hh, ww = shape
+    f, n = window, partitions
+    if b != 1:
+        raise ValueError("fifo mode makes one video at a time (b=1)")
+    if f < 2 or n < 1 or (lookahead and f % 2):
+        raise ValueError(f"fifo needs window >= 2 (even with lookahead) and partitions >= 1, got {f} and {n}")
+    nf, la, warm = n * f, (f // 2 if lookahead else 0), n * f - f
+    plan = pipe.schedule.plan(nf, "ddim")
+    sig = plan.sigmas.to(pipe.device)
+    levels = sig[:-1].flip(0)                                        # slot k (0 = head) sits at levels[k]
+    lands = torch.cat([sig[-1:], levels[:-1]])                       # one level down; the head lands clean
+    lev_all = torch.cat([levels[:1].expand(la), levels])             # lookahead slots are read at level 0
+    land_all = torch.cat([levels[:1].expand(la), lands])
+    per_frame_text = ctx.ndim == 4
+    texts = (lambda idx: ctx[:, idx]) if per_frame_text else (lambda idx: ctx)     # noqa: E731
+
+    # the queue starts from a base clip: the last `window` slots hold its frames noised to their levels,
+    # the earlier ones its first frame
+    base = sample_window(pipe, (b, c, f, hh, ww), None, texts([min(i, total - 1) for i in range(f)]), nf,
+                         guidance, "ddim", 0.0, generator, False)
+    eps = torch.randn((b, c, la + nf, hh, ww), generator=generator).to(pipe.device)
+    src = [0] * la + [max(0, k - warm) for k in range(nf)]
+    queue = base[:, :, src] + lev_all[None, None, :, None, None] * eps
+    model = _guided(pipe, ctx, guidance, b)
+    starts = list(range(0, la + nf - f + 1, f // 2)) if lookahead else list(range(0, nf, f))
+    keep = f // 2 if lookahead else 0                                # with lookahead only the noisier half is written
+    out = []
+    bar = tqdm(total=total + warm, desc="fifo", disable=not progress, leave=False)
+    with torch.no_grad():
+        for it in range(total + warm):
+            # output frame of each slot (for a per-frame prompt): stream position - warm-up, clamped
+            frame = [min(max(it - la + j - warm, 0), total - 1) for j in range(la + nf)]
+            for s in reversed(starts):                               # tail first: each window reads un-updated slots
+                e = s + f
+                x, sl = queue[:, :, s:e], lev_all[s:e][None].expand(b, -1)
+                x0 = Denoiser(lambda x_t, t, idx=frame[s:e]: model(x_t, t, texts(idx)), pipe.schedule)(x, sl)
+                ratio = per_frame(land_all[s:e][None].expand(b, -1) / sl, x0)
+                queue[:, :, s + keep:e] = (x0 + ratio * (x - x0))[:, :, keep:]
+            if it >= warm:
+                out.append(pipe._decode(queue[:, :, la:la + 1] * plan.output_scale)[0])
+            tail = torch.randn((b, c, 1, hh, ww), generator=generator).to(pipe.device) * plan.init_sigma
+            queue = torch.cat([queue[:, :, 1:], tail], dim=2)
+            bar.update(1)
+    bar.close()
+    return np.stack(out)

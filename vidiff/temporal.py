@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import Attention, FeedForward, TemporalAttention, TemporalConv, residual_ff
+from .layers import Attention, FeedForward, TemporalAttention, TemporalConv, fuse_windows, residual_ff
 
 FAMILIES = ("vidiff", "animatediff", "modelscope")
 
@@ -88,12 +88,16 @@ class TemporalBlock(nn.Module):
         self.norm2, self.attn2 = nn.LayerNorm(dim), Attention(dim, heads, dropout=dropout)
         self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, dropout=dropout)
         self.pos_embed = SinusoidalPE(dim, max_len) if max_len else None
+        self.window = None             # (length, stride, weighting): attend within overlapping windows (FreeNoise)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: `n f c` -> same."""
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
         pe = self.pos_embed if self.pos_embed is not None else (lambda t: t)
         x = self.attn1(pe(self.norm1(x))) + x
-        x = self.attn2(pe(self.norm2(x))) + x
+        return self.attn2(pe(self.norm2(x))) + x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: `n f c` -> same. With a window, the attentions run per window and are fused; the feed-forward sees all."""
+        x = self._attend(x) if self.window is None else fuse_windows(x, self._attend, *self.window)
         return residual_ff(x, self.norm3, self.ff)
 
 

@@ -9,6 +9,8 @@ without changing its output, and `vidiff.convert` loads community weights into i
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -261,6 +263,30 @@ class UNet(nn.Module):
         self.config.attention_backend = backend
         self._resolved_backend = None
 
+    @contextlib.contextmanager
+    def temporal_windows(self, length: int, stride: int = 4, weighting: str = "pyramid"):
+        """Within this block, temporal attention runs on overlapping `length`-frame windows, fused (FreeNoise).
+
+        Everything else (ResBlocks, spatial layers, temporal convolutions) still sees all frames.
+        """
+        from .layers import WEIGHTINGS
+
+        if length < 1 or stride < 1:
+            raise ValueError(f"context_length and context_stride must be >= 1, got {length} and {stride}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if self.config.temporal_family == "animatediff" and length > self.config.motion_max_seq_length:
+            raise ValueError(f"context_length={length} exceeds the motion module's positional table of "
+                             f"{self.config.motion_max_seq_length} frames")
+        layers = [m for m in self.modules() if hasattr(m, "window")]
+        for m in layers:
+            m.window = (length, stride, weighting)
+        try:
+            yield self
+        finally:
+            for m in layers:
+                m.window = None
+
     def enable_gradient_checkpointing(self, on: bool = True) -> None:
         """Recompute each block during backward instead of storing its activations."""
         self.config.gradient_checkpointing = on
@@ -290,7 +316,8 @@ class UNet(nn.Module):
         if h % m or w % m:
             raise ValueError(f"height and width must be multiples of {m} (the UNet downsamples "
                              f"{len(cfg.block_out_channels) - 1} times), got {h}x{w}")
-        if cfg.temporal and cfg.temporal_family == "animatediff" and f > cfg.motion_max_seq_length:
+        windowed = any(getattr(m, "window", None) for m in self.modules())
+        if cfg.temporal and cfg.temporal_family == "animatediff" and f > cfg.motion_max_seq_length and not windowed:
             raise ValueError(f"num_frames={f} exceeds the motion module's positional table of "
                              f"{cfg.motion_max_seq_length} frames; use mode='autoregressive' with chunk <= "
                              f"{cfg.motion_max_seq_length}")
@@ -302,9 +329,11 @@ class UNet(nn.Module):
         if ctx is None:
             raise ValueError("encoder_hidden_states is required (b, n, "
                              f"{cfg.cross_attention_dim}); pass the text encoder's states")
+        if ctx.ndim == 4 and ctx.shape[0] in (1, b) and ctx.shape[1] == f and ctx.shape[-1] == cfg.cross_attention_dim:
+            return t, ctx.expand(b, -1, -1, -1).reshape(b * f, *ctx.shape[2:])     # per-frame text: (b f) n d
         if ctx.ndim != 3 or ctx.shape[0] not in (1, b) or ctx.shape[-1] != cfg.cross_attention_dim:
-            raise ValueError(f"encoder_hidden_states must be (b={b}, n, {cfg.cross_attention_dim}), "
-                             f"got {tuple(ctx.shape)}")
+            raise ValueError(f"encoder_hidden_states must be (b={b}, n, {cfg.cross_attention_dim}) or per frame "
+                             f"(b, f={f}, n, {cfg.cross_attention_dim}), got {tuple(ctx.shape)}")
         return t, ctx.expand(b, -1, -1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
@@ -323,12 +352,14 @@ class UNet(nn.Module):
                                   cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = self.time_embedding(rearrange(temb, "b f d -> (b f) d").to(x.dtype))     # (b f) d
         pooled = ctx.mean(1).to(x.dtype)
-        if cfg.pooled_text:                  # pooled text: once per sample, then to each of its frames
-            temb = temb + self.text_embedding(pooled).repeat_interleave(f, 0)
+        if ctx.shape[0] != b * f or f == 1:  # one text per sample: pooled once, then to each of its frames
+            pooled = pooled.repeat_interleave(f, 0)                                   # (b f) d
+        if cfg.pooled_text:
+            temb = temb + self.text_embedding(pooled)
         if cfg.frame_position:               # frame i of the window (0 = first; an image is frame 0), with the prompt
             pos = timestep_embedding(torch.arange(f, device=x.device), cfg.block_out_channels[0],
                                      cfg.flip_sin_to_cos, cfg.freq_shift).to(x.dtype)
-            temb = temb + self.frame_embedding(torch.cat([pos.repeat(b, 1), pooled.repeat_interleave(f, 0)], 1))
+            temb = temb + self.frame_embedding(torch.cat([pos.repeat(b, 1), pooled], 1))
 
         xf = rearrange(x, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
         if torch.is_grad_enabled() and not xf.requires_grad and not self.conv_in.weight.requires_grad \
