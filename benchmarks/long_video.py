@@ -21,7 +21,7 @@ from pathlib import Path
 MODES = {
     "autoregressive": dict(mode="autoregressive", chunk=16, context=4),
     "windows": dict(mode="windows", chunk=16, stride=4),
-    "fifo": dict(mode="fifo", chunk=16, partitions=4),
+    "fifo": dict(mode="fifo", chunk=16, partitions=2),          # 32 steps: 4 windows per output frame
 }
 
 CHILD = r"""

@@ -183,3 +183,34 @@ def test_fifo_memory_does_not_grow_with_length(tmp_path):
     peak = {n: int(subprocess.run([sys.executable, "-c", script, str(tmp_path / "m"), str(n)], capture_output=True,
                                   text=True, check=True).stdout.split()[-1]) for n in (32, 256)}
     assert peak[256] <= 1.3 * peak[32], peak
+
+
+def test_fifo_and_windows_run_a_community_model(animatediff):
+    pipe = VideoPipeline.from_pretrained(animatediff)
+    kw = dict(height=16, width=16, seed=0, progress=False, guidance_scale=7.5, chunk=4)
+    fifo = pipe({0: "a red circle", 5: "a blue square"}, num_frames=9, mode="fifo", partitions=2, **kw)
+    assert fifo.frames.shape == (9, 16, 16, 3) and fifo.seams is None
+    win = pipe("a red circle", num_frames=40, mode="windows", stride=2, num_inference_steps=2, **kw)
+    assert win.frames.shape[0] == 40                 # past the motion module's 32-frame table: windows of 4
+
+
+def test_cli_long_video_modes_and_prompt_travel(tmp_path, capsys):
+    from vidiff.cli import main
+    from vidiff.io import read_settings
+
+    model = testing.tiny_model(tmp_path / "m")
+    base = ["generate", "a red circle", "--model", str(model), "--height", "16", "--width", "16", "--seed", "1"]
+    assert main(base + ["--frames", "10", "--mode", "fifo", "--chunk", "4", "--partitions", "2", "--no-lookahead",
+                        "-o", str(tmp_path / "f.mp4")]) == 0
+    s = read_settings(tmp_path / "f.mp4")
+    assert s["mode"] == "fifo" and s["lookahead"] is False and s["num_inference_steps"] == 8
+    assert main(base + ["--frames", "12", "--mode", "windows", "--chunk", "8", "--stride", "2", "--steps", "2",
+                        "--prompt-at", "6:a blue square", "-o", str(tmp_path / "w.mp4")]) == 0
+    s = read_settings(tmp_path / "w.mp4")
+    assert s["prompt"] == {"0": "a red circle", "6": "a blue square"} and s["seams"] == [2, 4]
+    capsys.readouterr()
+    assert main(base + ["--prompt-at", "99:a blue square", "-o", str(tmp_path / "x.mp4")]) == 2
+    assert main(base + ["--prompt-at", "blue", "-o", str(tmp_path / "y.mp4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "outside 0..15" in err[0] and "FRAME:TEXT" in err[1]
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()

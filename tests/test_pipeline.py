@@ -86,7 +86,7 @@ def test_guidance_ramp_and_negative_prompt(pipe):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_frames=0), "num_frames"), (dict(height=30), "height must be a positive multiple of 4"),
     (dict(num_inference_steps=0), "num_inference_steps"), (dict(sampler="plms"), "unknown sampler"),
-    (dict(mode="fifo"), "mode"), (dict(mode="autoregressive", chunk=4, context=4), "context"),
+    (dict(mode="diagonal"), "mode"), (dict(mode="autoregressive", chunk=4, context=4), "context"),
 ])
 def test_bad_arguments(pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
