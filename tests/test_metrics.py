@@ -157,6 +157,10 @@ def test_clip_consistency_from_a_local_folder(tmp_path):
     assert -1 <= score.value < 0.9999 and len(score.per_pair) == 3
     with pytest.raises(FileNotFoundError):
         M.clip_consistency(mixed, tmp_path / "nope")
+    # the report's drift curve: CLIP cosine of every frame with frame 0 (1 for the still video)
+    drift = consistency(static_video(4), fps=8, clip_model=folder)["seams"]["drift"]
+    assert len(drift["clip"]) == 4 and drift["clip"] == pytest.approx([1.0] * 4, abs=1e-4)
+    assert drift["histogram"] == pytest.approx([1.0] * 4)
 
 
 def test_report_validates_against_the_schema(tmp_path):
