@@ -47,18 +47,10 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
             landing[:, frozen] = 0
         x = torch.where(per_frame(mask, x) > 0, lat, x)
 
-    n = 2 if cfg else 1         # unconditional and conditional halves in one UNet batch
+    n = 2 if cfg else 1
     kw = dict(cond=lat.repeat(n, 1, 1, 1, 1).to(pipe.dtype), cond_mask=mask.repeat(n, 1)) if framecond else {}
-
-    def model(x_t, t):
-        t = t.repeat(n, *([1] * (t.ndim - 1)))
-        out = pipe.unet(x_t.repeat(n, 1, 1, 1, 1).to(pipe.dtype), t, ctx, **kw).float()
-        if not cfg:
-            return out
-        uncond, cond = out.chunk(2)
-        return uncond + per_frame(gscale, uncond) * (cond - uncond)
-
-    denoise = Denoiser(model, pipe.schedule)
+    guided = _guided(pipe, gscale, cfg, kw)
+    denoise = Denoiser(lambda x_t, t: guided(x_t, t, ctx), pipe.schedule)
     if known is not None and not framecond:
         lat, mask = known
         replace = per_frame(mask, x) > 0
@@ -184,27 +176,22 @@ def sample_windows(pipe, shape, known, length: int, stride: int, weighting: str,
         return sample_window(pipe, shape, known, noise=noise, **run)
 
 
-def _guided(pipe, ctx, guidance, b: int):
-    """`model(x_t, t, ctx_frames)` for one window with classifier-free guidance when ctx holds [negative, positive]."""
-    cfg = ctx.shape[0] == 2
+def _guided(pipe, gscale: torch.Tensor, cfg: bool, kw: dict):
+    """`model(x_t, t, ctx)`: the unconditional and conditional halves in one UNet batch when `cfg`, then guidance."""
     n = 2 if cfg else 1
-    gscale = torch.as_tensor(guidance, dtype=torch.float32, device=pipe.device)
-    if gscale.ndim == 1:
-        raise ValueError("fifo mode takes one guidance scale, not a (first, last) ramp")
 
-    def model(x_t, t, c):
-        if c.shape[0] != b * n:
-            c = c.repeat_interleave(b, 0)
-        out = pipe.unet(x_t.repeat(n, 1, 1, 1, 1).to(pipe.dtype), t.repeat(n, 1), c).float()
+    def model(x_t, t, ctx):
+        t = t.repeat(n, *([1] * (t.ndim - 1)))
+        out = pipe.unet(x_t.repeat(n, 1, 1, 1, 1).to(pipe.dtype), t, ctx, **kw).float()
         if not cfg:
             return out
         uncond, cond = out.chunk(2)
-        return uncond + gscale * (cond - uncond)
+        return uncond + per_frame(gscale, uncond) * (cond - uncond)
     return model
 
 
 def sample_fifo(pipe, shape, ctx, guidance, generator, progress, window: int, partitions: int = 4,
-                lookahead: bool = True, **_):
+                lookahead: bool = True):
     """FIFO-Diffusion (Kim et al. 2024): a queue of frames whose noise rises from head to tail.
 
     The queue holds `partitions * window` frames, frame k at level k of a DDIM grid of that many
@@ -240,7 +227,10 @@ def sample_fifo(pipe, shape, ctx, guidance, generator, progress, window: int, pa
     eps = torch.randn((b, c, la + nf, hh, ww), generator=generator).to(pipe.device)
     src = [0] * la + [max(0, k - warm) for k in range(nf)]
     queue = base[:, :, src] + lev_all[None, None, :, None, None] * eps
-    model = _guided(pipe, ctx, guidance, b)
+    gscale = torch.as_tensor(guidance, dtype=torch.float32, device=pipe.device)
+    if gscale.ndim:
+        raise ValueError("fifo mode takes one guidance scale, not a (first, last) ramp")
+    model = _guided(pipe, gscale, ctx.shape[0] == 2, {})
     starts = list(range(0, la + nf - f + 1, f // 2)) if lookahead else list(range(0, nf, f))
     keep = f // 2 if lookahead else 0                                # with lookahead only the noisier half is written
     out = []

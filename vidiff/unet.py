@@ -194,6 +194,8 @@ class MidBlock(nn.Module):
 class UNet(nn.Module):
     """Space-time (or image) UNet: `unet(x, t, encoder_hidden_states=ctx)` with x `b c f h w`."""
 
+    _windowed = False          # inside `temporal_windows`: temporal attention sees windows, not the table's limit
+
     def __init__(self, config: UNetConfig | dict | None = None, **overrides):
         super().__init__()
         if config is None or isinstance(config, dict):
@@ -281,9 +283,11 @@ class UNet(nn.Module):
         layers = [m for m in self.modules() if hasattr(m, "window")]
         for m in layers:
             m.window = (length, stride, weighting)
+        self._windowed = True
         try:
             yield self
         finally:
+            self._windowed = False
             for m in layers:
                 m.window = None
 
@@ -316,8 +320,8 @@ class UNet(nn.Module):
         if h % m or w % m:
             raise ValueError(f"height and width must be multiples of {m} (the UNet downsamples "
                              f"{len(cfg.block_out_channels) - 1} times), got {h}x{w}")
-        windowed = any(getattr(m, "window", None) for m in self.modules())
-        if cfg.temporal and cfg.temporal_family == "animatediff" and f > cfg.motion_max_seq_length and not windowed:
+        if cfg.temporal and cfg.temporal_family == "animatediff" and f > cfg.motion_max_seq_length \
+                and not self._windowed:
             raise ValueError(f"num_frames={f} exceeds the motion module's positional table of "
                              f"{cfg.motion_max_seq_length} frames; use mode='autoregressive' with chunk <= "
                              f"{cfg.motion_max_seq_length}")
