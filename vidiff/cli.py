@@ -165,8 +165,17 @@ def _load_pipeline(args: argparse.Namespace):
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available here; use --device cpu")
-    return VideoPipeline.from_pretrained(args.model, motion_adapter=args.motion_adapter, device=args.device,
+    from .lora import parse_spec
+
+    loras = [parse_spec(spec) for spec in args.lora]
+    for path, _ in loras:
+        if not Path(path).exists():
+            raise UsageError(f"--lora {path}: file does not exist")
+    pipe = VideoPipeline.from_pretrained(args.model, motion_adapter=args.motion_adapter, device=args.device,
                                          dtype=_dtype(args.dtype), scheduler=_scheduler_arg(args.scheduler))
+    for path, scale in loras:
+        pipe.load_lora(path, scale)
+    return pipe
 
 
 def _read_frames(flag: str, path: str):
@@ -225,6 +234,11 @@ def _generate(args: argparse.Namespace) -> None:
     frames = d["num_frames"] if args.frames is None else args.frames     # the model's own length by default
     height, width = args.height or d["height"], args.width or d["width"]
     prompt = _travel(args, frames)
+    if args.strength is not None and args.video is None:
+        raise UsageError("--strength goes with --video (video-to-video)")
+    if args.video is not None:
+        _video_to_video(args, pipe, prompt)
+        return
     if args.image is None:
         _run(args, pipe, frames, height, width, lambda kw: pipe(
             prompt, num_frames=frames, mode=args.mode, chunk=args.chunk, context=args.context, stride=args.stride,
@@ -235,6 +249,32 @@ def _generate(args: argparse.Namespace) -> None:
     _run(args, pipe, frames, height, width, lambda kw: pipe.animate(
         first, prompt, resize=args.resize, num_frames=frames, mode=args.mode, chunk=args.chunk,
         context=args.context, **kw))
+
+
+def _video_to_video(args: argparse.Namespace, pipe, prompt) -> None:
+    """generate --video IN --strength S: restyle IN, keeping its motion, length (or --frames) and fps."""
+    from .io import read_video
+    from .pipeline import Video
+
+    strength = 0.6 if args.strength is None else args.strength
+    if not 0 <= strength <= 1:
+        raise UsageError(f"--strength must be in [0, 1] (0 keeps the input, 1 redraws it), got {strength:g}")
+    if args.image is not None:
+        raise UsageError("--image and --video are two different modes; give one")
+    if args.mode == "fifo":
+        raise UsageError("--video runs in --mode all, autoregressive or windows, not fifo")
+    if not os.path.exists(args.video):
+        raise UsageError(f"--video {args.video}: file does not exist")
+    frames, fps = read_video(args.video)
+    frames = frames[:args.frames] if args.frames else frames
+    m = pipe.size_multiple
+    h, w = frames.shape[1:3]
+    height, width = args.height or max(m, h // m * m), args.width or max(m, w // m * m)
+    if isinstance(prompt, dict) and max(prompt) >= len(frames):
+        raise UsageError(f"--prompt-at frame {max(prompt)} is outside the input's {len(frames)} frames")
+    _run(args, pipe, len(frames), height, width, lambda kw: pipe.video_to_video(
+        Video(frames, fps), prompt, strength=strength, resize=args.resize, mode=args.mode, chunk=args.chunk,
+        context=args.context, stride=args.stride, weighting=args.weighting, **kw))
 
 
 def _extend(args: argparse.Namespace) -> None:
@@ -434,6 +474,8 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
     p.add_argument("--no-lookahead", dest="lookahead", action="store_false", help="fifo: without lookahead denoising")
     p.add_argument("--noise-type", default="shuffle_context", choices=["shuffle_context", "repeat_context", "random"],
                    help="windows: starting noise (default shuffle_context, FreeNoise)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="LoRA .safetensors to apply (repeatable; SD, AnimateDiff motion LoRA, v3 adapter), scale 1 by default")
     p.add_argument("--upscale", type=int, default=1, help="save each pixel as an n x n block (for viewing small videos)")
     p.add_argument("--force", action="store_true", help="run even when the memory estimate says it will not fit")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -453,8 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_args(gen, frames_help="number of frames (default: the model's; 1 = an image)")
     gen.add_argument("--mode", default="all", choices=["all", "autoregressive", "windows", "fifo"])
     gen.add_argument("--image", default=None, help="first frame (image-to-video): an image, or a video's first frame")
+    gen.add_argument("--video", default=None, help="input video to restyle (video-to-video); keeps its motion and fps")
+    gen.add_argument("--strength", type=float, default=None,
+                     help="with --video: how far the input is noised, 0 (kept) .. 1 (redrawn); default 0.6")
     gen.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"],
-                     help="fit --image to the output size (default crop: cover, then centre crop)")
+                     help="fit --image / --video to the output size (default crop: cover, then centre crop)")
     gen.add_argument("--first-frame-first", action=argparse.BooleanOptionalAction, default=None,
                      help="text-to-video as frame 0 first, then image-to-video from it "
                           "(default: the model's setting; shapes-64: on)")

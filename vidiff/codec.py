@@ -88,6 +88,18 @@ class VaeCodec:
         return self._frames(lambda v: self.vae.encode(v.to(dtype)).latent_dist.mean * self.scaling, video)
 
     @torch.no_grad()
+    def encode_sample(self, video: torch.Tensor, generator: torch.Generator | None, chunk: int = 16) -> torch.Tensor:
+        """Pixels -> scaled latents drawn from the VAE's posterior with `generator`, video by video in
+        `chunk`-frame calls (the order diffusers' video-to-video pipelines draw them in)."""
+        dtype = next(self.vae.parameters()).dtype
+        out = []
+        for vid in rearrange(video, "b c f h w -> b f c h w"):
+            parts = [self.vae.encode(vid[i:i + chunk].to(dtype)).latent_dist.sample(generator)
+                     for i in range(0, len(vid), chunk)]
+            out.append(torch.cat(parts).float() * self.scaling)
+        return rearrange(torch.stack(out), "b f c h w -> b c f h w")
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> pixels, `chunk` frames at a time."""
         dtype = next(self.vae.parameters()).dtype

@@ -78,6 +78,8 @@ class TrainConfig:
     teacher: str | None = None         # distill this model folder (progressive distillation, vidiff/distill.py);
                                        # the student starts from `init` (default: the teacher)
     distill_steps: int = 0             # the student's DDIM steps N; it learns the teacher's 2N
+    lora: dict | None = None           # {rank, alpha, targets: spatial | temporal | all}: train a peft LoRA on
+                                       # `init` instead of the weights; the result is output_dir/lora.safetensors
 
 
 @dataclass
@@ -142,6 +144,11 @@ def _set(cfg: Config, section: str, key: str, value) -> None:
         raise ValueError(f"unknown config section {section!r}; sections: {', '.join(FREE_SECTIONS + tuple(SECTIONS))}")
     obj = getattr(cfg, section)
     names = [f.name for f in fields(obj)]
+    head, _, sub = key.partition(".")
+    if sub and head in names and isinstance(getattr(obj, head), (dict, type(None))) \
+            and getattr(type(obj)(), head) is None:                      # train.lora.rank=8: one key of a mapping
+        setattr(obj, head, {**(getattr(obj, head) or {}), sub: value})
+        return
     if key not in names:
         raise ValueError(f"unknown config key {section}.{key}; {section} keys: {', '.join(names)}")
     setattr(obj, key, _check_type(f"{section}.{key}", value, getattr(type(obj)(), key)))

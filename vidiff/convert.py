@@ -85,16 +85,18 @@ def original_to_diffusers(sd: dict) -> dict:
     The positional tables (`pos_encoder.pe`, one copy per attention) are dropped: they are
     fixed sinusoids, rebuilt at the length the config asks for.
     """
-    out = {}
-    for k, v in sd.items():
-        if "pos_encoder" in k:
-            continue
-        for a, b in ((".norms.0", ".norm1"), (".norms.1", ".norm2"), (".ff_norm", ".norm3"),
-                     (".attention_blocks.0", ".attn1"), (".attention_blocks.1", ".attn2"),
-                     (".temporal_transformer", "")):
-            k = k.replace(a, b)
-        out[k] = v
-    return out
+    return {rename_original(k): v for k, v in sd.items() if "pos_encoder" not in k}
+
+
+ORIGINAL_RENAMES = ((".norms.0", ".norm1"), (".norms.1", ".norm2"), (".ff_norm", ".norm3"),
+                    (".attention_blocks.0", ".attn1"), (".attention_blocks.1", ".attn2"), (".temporal_transformer", ""))
+
+
+def rename_original(key: str) -> str:
+    """One original AnimateDiff motion-module key in diffusers' names (also for motion LoRA keys)."""
+    for a, b in ORIGINAL_RENAMES:
+        key = key.replace(a, b)
+    return key
 
 
 def _indices(keys, pattern: str) -> list[int]:

@@ -74,6 +74,11 @@ def load_frames(source) -> np.ndarray:
     return as_frames(source)
 
 
+def _check_strength(strength) -> None:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"strength must be a number in [0, 1] (0 keeps the input, 1 redraws it), got {strength!r}")
+
+
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "shapes-64"   # shipped, trained by vidiff's recipe
 
 
@@ -262,7 +267,8 @@ class VideoPipeline:
                  fps: float | None = None, given: dict | None = None, progress: bool = True,
                  first_frame_first: bool | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "video", stride: int = 4, weighting: str = "pyramid",
-                 noise_type: str = "shuffle_context", partitions: int = 4, lookahead: bool = True):
+                 noise_type: str = "shuffle_context", partitions: int = 4, lookahead: bool = True,
+                 init_video: np.ndarray | None = None, strength: float = 1.0):
         """Generate a video (or an image when num_frames=1). `given` maps frame index -> image.
 
         `prompt` (and `negative_prompt`) may be {frame: text}: prompt travel, the text states blended
@@ -277,6 +283,9 @@ class VideoPipeline:
         steps of the same model: frame 0 as an image, then image-to-video from it (factorised
         generation, as in Emu Video). The image fixes where the object is; the prompt then only has
         to choose where it goes, which a frame-conditioned model learns far more easily.
+
+        `init_video` (`f h w 3` uint8 at the output size) with `strength` is video-to-video; see
+        `video_to_video`, which also reads, resizes and keeps the frame rate of its input.
         """
         if output_type not in ("video", "latent"):
             raise ValueError(f"output_type must be 'video' or 'latent', got {output_type!r}")
@@ -308,10 +317,16 @@ class VideoPipeline:
                              "this one has none")
         if first_frame_first and b > 1:
             raise ValueError("first_frame_first works on one video at a time (latents with b=1)")
+        shape = (b, self.codec.channels, f, h // self.codec.factor, w // self.codec.factor)
+        init, start = None, 0
+        if init_video is not None:                  # video-to-video: its latents first, then the noise (diffusers' order)
+            if mode == "fifo" or latents is not None:
+                raise ValueError("video-to-video runs in modes all, autoregressive and windows, without latents=")
+            first_frame_first = False
+            init, latents, start = self._encode_video(init_video, shape, strength, num_inference_steps, sampler, g)
         ctx = self._text(prompt, negative_prompt, guidance_scale, f)
         run = dict(ctx=ctx, steps=num_inference_steps, guidance=guidance_scale, sampler=sampler, eta=eta,
-                   generator=g, progress=progress)
-        shape = (b, self.codec.channels, f, h // self.codec.factor, w // self.codec.factor)
+                   generator=g, progress=progress, init=init, start=start)
         if first_frame_first and f > 1 and not given:
             first = {**run, "ctx": ctx[:, :1]} if ctx.ndim == 4 else run
             given = {0: self._decode(sample_window(self, (*shape[:2], 1, *shape[3:]), None, **first))[0]}
@@ -320,6 +335,8 @@ class VideoPipeline:
         if mode == "fifo":
             frames = sample_fifo(self, shape, ctx, guidance_scale, g, progress, window=chunk, partitions=partitions,
                                  lookahead=lookahead)
+        elif start == num_inference_steps:           # strength 0: the input, through the codec
+            out = init
         elif mode == "all" or chunk >= f:
             out = sample_window(self, shape, known, noise=latents, **run)
         elif mode == "windows":
@@ -328,7 +345,8 @@ class VideoPipeline:
                                  seams=seams, **run)
         else:
             seams = []
-            out = sample_autoregressive(self, shape, known, chunk, context, noise=latents, seams=seams, **run)
+            run.pop("init")
+            out = sample_autoregressive(self, shape, known, chunk, context, noise=latents, seams=seams, init=init, **run)
         if output_type == "latent" and mode != "fifo":
             return out
         import vidiff
@@ -340,7 +358,8 @@ class VideoPipeline:
                     **({"stride": stride, "weighting": weighting, "noise_type": noise_type} if mode == "windows" else {}),
                     "first_frame_first": bool(first_frame_first), "given_frames": sorted(given or {}),
                     "model": getattr(self, "source", None), "vidiff": getattr(vidiff, "__version__", None),
-                    "seams": seams}
+                    "seams": seams, **({"strength": strength} if init is not None else {}),
+                    **({"loras": dict(self._adapters.scales)} if getattr(self, "_adapters", None) else {})}
         if mode == "fifo":
             settings.update(partitions=partitions, lookahead=lookahead, num_inference_steps=partitions * chunk)
             return Video(frames, fps, settings, None)
@@ -374,6 +393,34 @@ class VideoPipeline:
         kwargs.setdefault("width", a.shape[1])
         return self(prompt, num_frames=f, given={0: a, f - 1: b}, **kwargs)
 
+    def video_to_video(self, video, prompt: str | dict = "", strength: float = 0.6, resize: str = "crop",
+                       **kwargs) -> Video:
+        """Restyle or re-prompt `video` (path, `Video` or `f h w 3` array), keeping its motion (SDEdit).
+
+        The input is noised to `strength` of the way up the schedule (0: returned as it is, 1: only its
+        length is kept) and denoised toward `prompt`. Its frame rate is kept. A size that is not the
+        requested `height` x `width` (default: the input's own, rounded down to the model's multiple)
+        is fitted with `resize` (crop / pad / stretch), with a warning. `mode` may be all,
+        autoregressive or windows, so a long input goes through the long-video modes.
+        """
+        import warnings
+
+        _check_strength(strength)
+        if isinstance(video, (str, os.PathLike)):
+            frames, fps = read_video(video)
+        else:
+            frames, fps = load_frames(video), getattr(video, "fps", None)
+        fps = kwargs.pop("fps", None) or fps or self.defaults["fps"]
+        h, w = frames.shape[1:3]
+        m = self.size_multiple
+        th = kwargs.pop("height", None) or max(m, h // m * m)
+        tw = kwargs.pop("width", None) or max(m, w // m * m)
+        if (h, w) != (th, tw):
+            warnings.warn(f"resized the {w}x{h} input video to {tw}x{th} ({resize}): this model needs multiples of {m}")
+            frames = np.stack([fit_frame(fr, th, tw, resize) for fr in frames])
+        return self(prompt, num_frames=len(frames), height=th, width=tw, fps=fps, init_video=frames,
+                    strength=strength, **kwargs)
+
     def extend(self, video, prompt: str | dict = "", num_frames: int = 16, context: int = 4, chunk: int = 16,
                **kwargs) -> Video:
         """Continue `video` by `num_frames` new frames, autoregressively; returns the whole video."""
@@ -390,6 +437,37 @@ class VideoPipeline:
                    chunk=max(chunk, context + 1), context=context, fps=fps, **kwargs)
         out.frames[:len(frames)] = frames      # the input as it was (a VAE round trip is lossy)
         return out
+
+    # ---- adapters (vidiff/lora.py: peft LoRA layers on the UNet and text encoder) -------------
+    @property
+    def adapters(self):
+        """The LoRAs loaded onto this pipeline (`vidiff.lora.Adapters`)."""
+        if getattr(self, "_adapters", None) is None:
+            from .lora import Adapters
+
+            self._adapters = Adapters({"unet": self.unet, "text_encoder": self.text_encoder.model})
+        return self._adapters
+
+    def load_lora(self, path: str | os.PathLike, scale: float = 1.0, name: str | None = None) -> str:
+        """Load a LoRA `.safetensors` (SD: diffusers or kohya layout; AnimateDiff motion LoRA: original or
+        diffusers layout; the v3 domain adapter) at `scale`; several combine. Returns its name."""
+        return self.adapters.load(path, scale, name)
+
+    def set_lora_scales(self, scales: dict) -> None:
+        """{name: scale} of the loaded LoRAs; one left out is off."""
+        self.adapters.set(scales)
+
+    def fuse_lora(self) -> None:
+        """Merge the active LoRAs into the weights (faster); `unfuse_lora` restores them bit for bit."""
+        self.adapters.fuse()
+
+    def unfuse_lora(self) -> None:
+        """Undo `fuse_lora` exactly."""
+        self.adapters.unfuse()
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Remove one LoRA (default: all)."""
+        self.adapters.unload(name)
 
     # ---- internals ---------------------------------------------------------------------------
     def _text(self, prompt, negative_prompt, guidance_scale, num_frames: int = 1):
@@ -415,6 +493,24 @@ class VideoPipeline:
             lat[:, :, i:i + 1] = self.codec.encode(to_tensor(img[None]).to(self.device))
             mask[:, i] = 1
         return lat, mask
+
+    def _encode_video(self, frames: np.ndarray, shape, strength: float, steps: int, sampler: str, g):
+        """(clean latents, noise, first step) of video-to-video, drawn as diffusers' video-to-video draws them:
+        the VAE posterior sample first, then noise laid out `b f c h w`."""
+        _check_strength(strength)
+        b, c, f, hh, ww = shape
+        frames = as_frames(frames)
+        if frames.shape[:3] != (f, hh * self.codec.factor, ww * self.codec.factor):
+            raise ValueError(f"the input video is {frames.shape[2]}x{frames.shape[1]} x {frames.shape[0]} frames, "
+                             f"the request {ww * self.codec.factor}x{hh * self.codec.factor} x {f}")
+        video = to_tensor(frames).to(self.device).repeat(b, 1, 1, 1, 1)
+        if isinstance(self.codec, VaeCodec):
+            init = self.codec.encode_sample(video, g)
+        else:
+            init = self.codec.encode(video).float()
+        noise = rearrange(torch.randn((b, f, c, hh, ww), generator=g), "b f c h w -> b c f h w")
+        start = steps - min(int(steps * strength), steps)            # diffusers' get_timesteps
+        return init, noise, start
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         # 16 frames at a time straight to uint8: decoding never holds the whole video in float

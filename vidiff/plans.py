@@ -16,9 +16,11 @@ from .schedule import Denoiser, per_frame
 
 
 def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, generator, progress, offset=0,
-                  noise=None):
+                  noise=None, init=None, start: int = 0):
     """Sample one window of frames with `pipe`, some possibly given (`known` = (latents, mask) or None).
 
+    With `init` (clean latents of an input video), sampling starts at step `start` of the grid from
+    `init` noised to that level (SDEdit; video-to-video), as diffusers' img2img pipelines do.
     Returns the final latents in the codec's (variance-preserving) units, as diffusers does.
     """
     from tqdm.auto import tqdm
@@ -27,9 +29,10 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
     plan = pipe.schedule.plan(steps, sampler)
     if noise is None:
         noise = torch.randn(shape, generator=generator)
-    x = noise.to(pipe.device, torch.float32) * plan.init_sigma
-    sigmas = plan.sigmas.to(pipe.device)
-    landing = None if plan.landing is None else plan.landing.to(pipe.device)
+    noise = noise.to(pipe.device, torch.float32)
+    sigmas = plan.sigmas.to(pipe.device)[start:]
+    landing = None if plan.landing is None else plan.landing.to(pipe.device)[start:]
+    x = noise * plan.init_sigma if init is None else init.to(pipe.device, torch.float32) + sigmas[0] * noise
     cfg = ctx.shape[0] == 2
     if ctx.shape[0] != b * (2 if cfg else 1):                  # [negative, positive] -> one per video
         ctx = ctx.repeat_interleave(b, 0)
@@ -64,10 +67,10 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
     if sampler == "ddim" and landing is not None:
         extra["landing"] = landing
     if sampler == "lcm":
-        extra.update(timesteps=plan.timesteps, timestep_scaling=pipe.schedule.timestep_scaling)
+        extra.update(timesteps=plan.timesteps[start:], timestep_scaling=pipe.schedule.timestep_scaling)
     if sampler in ("lcm", "euler_ancestral") or extra.get("eta"):
         extra["randn"] = noise_layout(pipe.unet.config)
-    bar = tqdm(total=steps, desc=f"frames {offset}-{offset + f - 1}", disable=not progress, leave=False)
+    bar = tqdm(total=len(sigmas) - 1, desc=f"frames {offset}-{offset + f - 1}", disable=not progress, leave=False)
     with torch.no_grad():
         x = get_sampler(sampler)(denoise, x, sigmas, generator=generator,
                                  callback=lambda *a: bar.update(1), **extra)
@@ -93,10 +96,11 @@ def noise_layout(unet_config):
         return rearrange(flat, "(b f) c h w -> b c f h w", b=b)
     return randn
 
-def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, seams: list | None = None, **run):
+def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, seams: list | None = None, init=None,
+                          **run):
     """Slide a `chunk`-frame window: each new window's first `context` frames are given.
 
-    With `noise` (the whole video's starting noise), each window starts from its slice of it.
+    With `noise` (the whole video's starting noise) or `init` (video-to-video), each window starts from its slice.
     `seams`, when a list, receives the first new frame of every window after the first.
     """
     b, c, f, hh, ww = shape
@@ -120,6 +124,7 @@ def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, seams:
         per_frame_text = run["ctx"].ndim == 4                      # prompt travel: this window's texts
         window = sample_window(pipe, (b, c, end - start, hh, ww), win_known, offset=start,
                               noise=None if noise is None else noise[:, :, start:end],
+                              init=None if init is None else init[:, :, start:end],
                               **({**run, "ctx": run["ctx"][:, start:end]} if per_frame_text else run))
         out[:, :, start:end] = window
         done[start:end] = True

@@ -176,6 +176,20 @@ def check(cfg: Config) -> None:
         raise ValueError(f"train.image_batch_size must be >= 0, got {t.image_batch_size}")
     if not d.path:
         raise ValueError("data.path is required (a folder of clips or a metadata file)")
+    if t.lora is not None:
+        from .lora import TARGETS
+
+        if not isinstance(t.lora, dict) or set(t.lora) - {"rank", "alpha", "targets"}:
+            raise ValueError(f"train.lora must be a mapping of rank, alpha, targets, got {t.lora!r}")
+        rank, alpha = t.lora.get("rank", 8), t.lora.get("alpha")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"train.lora.rank must be an integer >= 1, got {rank!r}")
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0):
+            raise ValueError(f"train.lora.alpha must be a number > 0, got {alpha!r}")
+        if t.lora.get("targets", "all") not in TARGETS:
+            raise ValueError(f"train.lora.targets must be one of {TARGETS}, got {t.lora.get('targets')!r}")
+        if t.init is None or t.teacher is not None:
+            raise ValueError("train.lora adapts a trained model: set train.init (and no train.teacher)")
     if t.teacher is not None:
         if not Path(t.teacher).is_dir():
             raise ValueError(f"train.teacher {t.teacher!r} is not a model folder")
@@ -368,6 +382,18 @@ def _batches(dl, device, codec):
         yield x0, batch["caption"], batch["key"], batch["skipped"]
 
 
+def _save_lora(net, ema: dict, path: Path, cfg: Config) -> None:
+    """The trained adapter (EMA weights) in diffusers' layout, written atomically, with what it was trained on."""
+    from .lora import export_state
+
+    meta = {"base": cfg.train.init, "rank": cfg.train.lora.get("rank", 8),
+            "alpha": cfg.train.lora.get("alpha") or cfg.train.lora.get("rank", 8),
+            "targets": cfg.train.lora.get("targets", "all"), "steps": cfg.train.steps}
+    tmp = path.with_name(f".{path.name}.tmp")
+    _save_tensors(export_state(net, "unet", values=ema), tmp, {"vidiff_lora": meta})
+    os.replace(tmp, path)
+
+
 def train(cfg: Config, progress: bool = True) -> dict:
     """Train as `cfg` says (resuming when `output_dir` holds a checkpoint); returns a summary dict."""
     from accelerate import Accelerator
@@ -397,7 +423,12 @@ def train(cfg: Config, progress: bool = True) -> dict:
     _check_size(cfg, codec.factor, unet.config.downsample_factor)      # before anything is written
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    if t.freeze_spatial:
+    if t.lora is not None:                   # only the adapter learns; the base weights stay as they are
+        from .lora import add_trainable, target_layers
+
+        add_trainable(unet, target_layers(unet, t.lora.get("targets", "all"), is_temporal_key),
+                      t.lora.get("rank", 8), t.lora.get("alpha"), seed=t.seed)
+    elif t.freeze_spatial:
         if not unet.config.temporal:
             raise ValueError("train.freeze_spatial needs temporal layers (stage: video)")
         for name, p in unet.named_parameters():
@@ -520,7 +551,11 @@ def train(cfg: Config, progress: bool = True) -> dict:
 
     model_dir = out / "model"
     net = accelerator.unwrap_model(objective).unet
-    if accelerator.is_main_process:
+    if t.lora is not None:
+        model_dir = out / "lora.safetensors"
+        if accelerator.is_main_process:
+            _save_lora(net, ema, model_dir, cfg)
+    elif accelerator.is_main_process:
         final = UNet(net.config)
         weights = {**net.state_dict(), **ema}
         final.load_state_dict(weights)
