@@ -201,12 +201,15 @@ def set_weights(model: nn.Module, weights: dict) -> None:
 
 def target_layers(model: nn.Module, targets: str, is_temporal) -> list[str]:
     """Layer paths a trained LoRA adapts: `spatial` (attention and feed-forward projections of the
-    spatial transformers), `temporal` (every layer of the temporal modules), or `all` (both)."""
+    spatial transformers), `temporal` (the layers of the temporal modules; in a motion module its
+    attention and feed-forward), or `all` (both)."""
     if targets not in TARGETS:
         raise ValueError(f"train.lora.targets must be one of {TARGETS}, got {targets!r}")
     out = []
     for n, m in _layers(model).items():
-        temporal = is_temporal(n + ".weight") and not n.startswith(("frame_cond_in", "frame_embedding"))
+        temporal = is_temporal(n + ".weight") and not n.startswith(("frame_cond_in", "frame_embedding")) \
+            and not (".motion_modules." in n and n.endswith((".proj_in", ".proj_out")))   # diffusers calls these
+        # with input=..., which peft's LoRA layer does not take, so a LoRA there would not load in diffusers
         spatial = ".attentions." in n and isinstance(m, nn.Linear) and not temporal
         if (targets in ("temporal", "all") and temporal) or (targets in ("spatial", "all") and spatial):
             out.append(n)
