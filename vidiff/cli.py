@@ -228,7 +228,54 @@ def _travel(args: argparse.Namespace, frames: int):
     return prompt
 
 
+def _batch(args: argparse.Namespace) -> None:
+    """generate --prompts FILE --seeds A-B --out-dir DIR: every prompt x seed, resumable, split between processes."""
+    from pathlib import Path
+
+    from .batch import parse_seeds, plan_jobs, read_prompts, run_batch
+    from .io import check_writable
+
+    if args.prompt is not None or args.video is not None or args.image is not None:
+        raise UsageError("--prompts makes a batch from its file; give no PROMPT, --image or --video with it")
+    if args.out_dir is None:
+        raise UsageError("--prompts needs --out-dir DIR (the videos and index.jsonl go there)")
+    entries = read_prompts(args.prompts)
+    jobs = plan_jobs(entries, parse_seeds(args.seeds), args.naming)
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out-dir {out}: is a file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out-dir {out}: cannot be created ({e.strerror})") from None
+    check_writable(out / "index.jsonl")
+    args.output = str(out / "index.mp4")           # _load_pipeline checks an output name; the batch writes its own
+    pipe = _load_pipeline(args)
+    defaults = {k: v for k, v in dict(
+        negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height, width=args.width,
+        num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler, mode=args.mode,
+        chunk=args.chunk, context=args.context, fps=args.fps, first_frame_first=args.first_frame_first).items()
+        if v is not None}
+    checks = ("num_frames", "height", "width", "num_inference_steps", "sampler", "mode", "chunk", "context",
+              "guidance_scale", "fps")
+    for job in jobs:                               # every job's settings are checked before the first video
+        kw = {**defaults, **job["settings"]}
+        try:
+            pipe.check_args(**{k: kw[k] for k in checks if k in kw and kw[k] is not None})
+        except ValueError as e:
+            raise ValueError(f"prompt {job['prompt']!r}: {e}") from None
+    result = run_batch(pipe, jobs, out, defaults)
+    if result["rank"] == 0:
+        print(f"{result['index']}: {len(jobs)} videos ({result['made']} made by process 0, {result['skipped']} "
+              f"already there) in {out} by {result['world']} process{'es' * (result['world'] > 1)}")
+
+
 def _generate(args: argparse.Namespace) -> None:
+    if args.prompts is not None:
+        _batch(args)
+        return
+    if args.prompt is None:
+        raise UsageError("give a PROMPT (or --prompts FILE for a batch)")
     pipe = _load_pipeline(args)
     d = pipe.defaults
     frames = d["num_frames"] if args.frames is None else args.frames     # the model's own length by default
@@ -394,15 +441,18 @@ def _bench_consistency(args: argparse.Namespace) -> int:
         reference = SimpleNamespace(frames=frames, fps=fps)
     from .bench import SCHEMA_ID, consistency, plot, table, write_json
 
-    records, errors = [], []
-    for video in args.videos:
-        try:
-            records.append(consistency(video, reference=reference, fps=args.fps, analysis_fps=args.analysis_fps,
-                                       flow=args.flow, clip_model=args.clip_model, seams=seams))
-        except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            errors.append({"video": video, "error": msg})
-            print(f"vidiff bench: error: {video}: {msg}", file=sys.stderr)
+    from .batch import _state, score_shared, videos_in
+
+    videos = []
+    for v in args.videos:          # a folder of video files is a batch; a folder of images is one video
+        videos += [str(p) for p in videos_in(v)] if os.path.isdir(v) and videos_in(v) else [v]
+    records, errors = score_shared(videos, lambda video: consistency(
+        video, reference=reference, fps=args.fps, analysis_fps=args.analysis_fps, flow=args.flow,
+        clip_model=args.clip_model, seams=seams))
+    if not _state().is_main_process:
+        return 2 if errors else 0
+    for e in errors:
+        print(f"vidiff bench: error: {e['video']}: {e['error']}", file=sys.stderr)
     if records:
         print(table(records))
         for r in records:
@@ -414,6 +464,21 @@ def _bench_consistency(args: argparse.Namespace) -> int:
     if args.plot is not None and records:
         print(f"wrote {plot(records, args.plot)}")
     return 2 if errors else 0
+
+
+def _bench_compare(args: argparse.Namespace) -> None:
+    from .batch import compare, compare_plot, compare_table
+
+    _check_outputs(("--plot", args.plot, ".png"), ("--json", args.json, ".json"))
+    rows = compare(args.reports)
+    print(compare_table(rows))
+    if args.json is not None:
+        from .bench import write_json
+
+        write_json({"rows": rows}, args.json)
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        print(f"wrote {compare_plot(rows, args.plot)}")
 
 
 def _bench_shapes(args: argparse.Namespace) -> None:
@@ -491,10 +556,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="text-to-video (or image-to-video with --image)")
-    gen.add_argument("prompt", help="what the video shows")
+    gen.add_argument("prompt", nargs="?", default=None, help="what the video shows")
     _generation_args(gen, frames_help="number of frames (default: the model's; 1 = an image)")
     gen.add_argument("--mode", default="all", choices=["all", "autoregressive", "windows", "fifo"])
     gen.add_argument("--image", default=None, help="first frame (image-to-video): an image, or a video's first frame")
+    gen.add_argument("--prompts", default=None, help="batch: a .txt (one prompt per line) or .jsonl file "
+                     "({\"prompt\": ..., other settings}); with --seeds and --out-dir")
+    gen.add_argument("--seeds", default="0", help="batch: seeds per prompt, e.g. 0-4 or 1,3,5 (default 0)")
+    gen.add_argument("--out-dir", default=None, help="batch: folder for the videos and index.jsonl (reruns resume)")
+    gen.add_argument("--naming", default="slug", choices=["slug", "vbench"],
+                     help="batch file names: slug ({slug}-{seed}.mp4) or vbench ({prompt}-{index}.mp4)")
     gen.add_argument("--video", default=None, help="input video to restyle (video-to-video); keeps its motion and fps")
     gen.add_argument("--strength", type=float, default=None,
                      help="with --video: how far the input is noised, 0 (kept) .. 1 (redrawn); default 0.6")
@@ -575,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
     cons = bench_sub.add_parser("consistency", help="temporal consistency of videos (flicker, warping error, motion, ...)")
-    cons.add_argument("videos", nargs="+", help="MP4/GIF files or folders of frames")
+    cons.add_argument("videos", nargs="+", help="MP4/GIF files, folders of them (a batch), or folders of frames; "
+                      "under accelerate launch the videos are split between the processes")
     cons.add_argument("--json", default=None, help="write every per-video report to this .json file")
     cons.add_argument("--plot", default=None, help="write the per-pair curves to this .png")
     cons.add_argument("--reference", default=None, help="reference video for TecoGAN's tOF")
@@ -586,6 +658,12 @@ def build_parser() -> argparse.ArgumentParser:
     cons.add_argument("--fps", type=float, default=None, help="override the videos' native frame rate")
     cons.add_argument("--flow", default="dis", choices=["dis", "farneback"], help="OpenCV optical flow (default DIS)")
     cons.set_defaults(run=_bench_consistency)
+
+    cmp_ = bench_sub.add_parser("compare", help="side-by-side table of consistency reports (one row per model/sampler/mode)")
+    cmp_.add_argument("reports", nargs="+", help="vidiff bench consistency --json files; each is one row, named by its stem")
+    cmp_.add_argument("--plot", default=None, help="write the metric means (± std) as bars to this .png")
+    cmp_.add_argument("--json", default=None, help="write the rows to this .json")
+    cmp_.set_defaults(run=_bench_compare)
 
     shp = bench_sub.add_parser("shapes", help="prompt faithfulness of a shapes model (colour, shape, motion read from pixels)")
     shp.add_argument("--model", default=None, help="model folder (default: the shipped shapes-64 model)")
