@@ -128,6 +128,8 @@ def run_batch(pipe, jobs: list[dict], out_dir: str | os.PathLike, defaults: dict
     if state.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         check_writable(out_dir / "index.jsonl")
+        for tmp in out_dir.glob(".*.tmp*"):               # what a killed run was writing: never a result
+            tmp.unlink(missing_ok=True)
     state.wait_for_everyone()
     made = skipped = 0
     part = _index_part(out_dir, state.process_index)

@@ -466,6 +466,23 @@ def _bench_consistency(args: argparse.Namespace) -> int:
     return 2 if errors else 0
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from .serve import find_models, port_free, serve
+
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    if not port_free(args.host, args.port):
+        raise UsageError(f"--port {args.port}: in use on {args.host}; pick another with --port")
+    models = find_models(args.models)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UsageError("vidiff serve needs gradio: pip install 'vidiff[app]'") from None
+    print(f"vidiff serve: {len(models)} model{'s' * (len(models) != 1)} ({', '.join(models)}); results in {args.outputs}; "
+          f"http://{args.host}:{args.port}", flush=True)
+    serve(models, args.outputs, args.host, args.port, args.queue)
+
+
 def _bench_compare(args: argparse.Namespace) -> None:
     from .batch import compare, compare_plot, compare_table
 
@@ -642,6 +659,15 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--include-holdout", action="store_true", help="also generate the held-out combinations")
     sh.add_argument("--quiet", action="store_true", help="no progress bar")
     sh.set_defaults(run=_data_shapes)
+
+    srv = sub.add_parser("serve", help="a local web UI (gradio): generate, history, bench")
+    srv.add_argument("--models", nargs="*", default=[], help="folders holding model folders (or model folders); "
+                     "the shipped model is always offered")
+    srv.add_argument("--outputs", default="outputs", help="where results and their settings are kept (default outputs/)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=7860)
+    srv.add_argument("--queue", type=int, default=8, help="requests that may wait for the one running (default 8)")
+    srv.set_defaults(run=_serve)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
