@@ -358,9 +358,10 @@ def _data_shapes(args: argparse.Namespace) -> None:
     from .shapes import HOLDOUT, make_shapes_dataset
 
     t0 = time.perf_counter()
+    motions = tuple(m.strip() for m in args.motions.split(",")) if args.motions else None
     out = make_shapes_dataset(args.out, clips=args.clips, seed=args.seed, size=args.size,
                               num_frames=args.frames, fps=args.fps, include_holdout=args.include_holdout,
-                              progress=not args.quiet)
+                              progress=not args.quiet, motions=motions, drift=args.drift)
     held = "included" if args.include_holdout else f"{len(HOLDOUT)} held-out combinations left out"
     print(f"wrote {out}: {args.clips} clips ({args.frames} frames {args.size}x{args.size} at {args.fps:g} fps), "
           f"metadata.jsonl; {held}; {time.perf_counter() - t0:.1f}s")
@@ -657,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--frames", type=int, default=24, help="frames per clip")
     sh.add_argument("--fps", type=float, default=8.0)
     sh.add_argument("--include-holdout", action="store_true", help="also generate the held-out combinations")
+    sh.add_argument("--motions", default=None, help="only these motions, e.g. left,right,still")
+    sh.add_argument("--drift", type=float, default=0.0,
+                    help="add an unnamed downward motion of this fraction of the frame (left/right/still clips)")
     sh.add_argument("--quiet", action="store_true", help="no progress bar")
     sh.set_defaults(run=_data_shapes)
 

@@ -68,11 +68,17 @@ def _distance(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, 
 
 
 def render_clip(color: str, shape: str, motion: str, rng: np.random.Generator, size: int = 64,
-                num_frames: int = 24) -> np.ndarray:
-    """Draw one clip as `f h w 3` uint8 (anti-aliased edges, sub-pixel motion)."""
+                num_frames: int = 24, drift: float = 0.0) -> np.ndarray:
+    """Draw one clip as `f h w 3` uint8 (anti-aliased edges, sub-pixel motion).
+
+    `drift` adds a steady downward motion of that fraction of the frame over the clip (negative: upward),
+    for left / right / still clips: a motion the captions do not name (what a motion LoRA learns).
+    """
     if color not in COLORS or shape not in SHAPES or motion not in MOTIONS:
         raise ValueError(f"unknown combination {(color, shape, motion)}; colours {list(COLORS)}, "
                          f"shapes {list(SHAPES)}, motions {list(MOTIONS)}")
+    if drift and (motion in ("up", "down") or not -0.5 <= drift <= 0.5):
+        raise ValueError(f"drift goes with left / right / still clips and |drift| <= 0.5, got {drift} with {motion!r}")
     # background: a dark grey with a faint low-frequency texture, fixed over the clip
     base = rng.uniform(20, 70) + rng.uniform(-6, 6, size=3)
     coarse = rng.uniform(-6, 6, size=(size // 8 + 1, size // 8 + 1, 1))
@@ -83,11 +89,14 @@ def render_clip(color: str, shape: str, motion: str, rng: np.random.Generator, s
     lo, hi = r + 1, size - r - 1                                   # centre keeps the shape inside
     travel = (hi - lo) * rng.uniform(0.6, 0.95) if motion != "still" else 0.0
     start = rng.uniform(lo, hi - travel)
-    across = rng.uniform(lo, hi)
+    d = abs(drift) * size
+    across = rng.uniform(lo, hi - d) + (d if drift < 0 else 0)
     along = start + travel * np.linspace(0, 1, num_frames)
     if motion in ("left", "up"):
         along = along[::-1]                                        # decreasing coordinate
     cys, cxs = (along, np.full(num_frames, across)) if motion in ("up", "down") else (np.full(num_frames, across), along)
+    if drift:
+        cys = cys + drift * size * np.linspace(0, 1, num_frames)
     rgb = np.clip(np.array(COLORS[color]) + rng.uniform(-12, 12, size=3), 0, 255)
 
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
@@ -107,8 +116,11 @@ def clip_spec(index: int, seed: int = 0, include_holdout: bool = False) -> tuple
 
 def make_shapes_dataset(out: str | os.PathLike, clips: int = 1000, seed: int = 0, size: int = 64,
                         num_frames: int = 24, fps: float = 8.0, include_holdout: bool = False,
-                        progress: bool = True) -> Path:
-    """Write `clips` MP4s under `out/clips/` and `out/metadata.jsonl`; deterministic for `seed`."""
+                        progress: bool = True, motions: tuple | None = None, drift: float = 0.0) -> Path:
+    """Write `clips` MP4s under `out/clips/` and `out/metadata.jsonl`; deterministic for `seed`.
+
+    `motions` keeps only those motions; `drift` adds an unnamed downward motion (see `render_clip`).
+    """
     from tqdm.auto import tqdm
 
     from .io import write_video
@@ -129,13 +141,17 @@ def make_shapes_dataset(out: str | os.PathLike, clips: int = 1000, seed: int = 0
     if free is not None and need > 0.5 * free:
         raise ValueError(f"one {num_frames}-frame clip at {size}x{size} needs about {need / 2 ** 30:.1f} GiB to "
                          f"render, more than half the {free / 2 ** 30:.1f} GiB free; use a smaller --size (64 is the default)")
+    if motions is not None and (not motions or set(motions) - set(MOTIONS)):
+        raise ValueError(f"motions must be some of {MOTIONS}, got {motions}")
+    combos = [c for c in combinations(include_holdout) if motions is None or c[2] in motions]
     created = [p for p in (out, out / "clips") if not p.exists()]
     (out / "clips").mkdir(parents=True, exist_ok=True)
     rows = []
     try:
         for i in tqdm(range(clips), desc="shapes", disable=not progress):
-            color, shape, motion = clip_spec(i, seed, include_holdout)
-            frames = render_clip(color, shape, motion, np.random.default_rng([seed, i]), size, num_frames)
+            color, shape, motion = clip_spec(i, seed, include_holdout) if motions is None else \
+                combos[np.random.default_rng([seed, 2**31 - 1]).permutation(len(combos))[i % len(combos)]]
+            frames = render_clip(color, shape, motion, np.random.default_rng([seed, i]), size, num_frames, drift)
             rel = f"clips/{i:06d}.mp4"
             write_video(frames, out / rel, fps=fps, quality=12)
             rows.append({"path": rel, "caption": caption(color, shape, motion), "fps": fps,
