@@ -73,6 +73,41 @@ def test_default_model_draws_the_prompted_colour_and_direction(pipe):
     assert hits >= 5 and moves >= 3, (hits, moves)   # the shipped model: 6 and 4 of 6
 
 
+@pytest.mark.slow
+def test_video_to_video_recolours_a_rendered_clip_and_keeps_its_motion(pipe):
+    """Issue "editing": a rendered red circle moving right, re-prompted blue at strength 0.7."""
+    import numpy as np
+
+    from vidiff.shapes import render_clip
+
+    got = []
+    for seed in range(3):
+        clip = render_clip("red", "circle", "right", np.random.default_rng(seed), 64, 16)
+        video = pipe.video_to_video(clip, "a blue circle moving right", strength=0.7, seed=seed, progress=False)
+        got.append(detect(video.frames))
+    assert all(g["color"] == "blue" for g in got), got
+    assert sum(g["motion"] == "right" for g in got) >= 2, got
+
+
+def test_drift_adds_an_unnamed_downward_motion(tmp_path):
+    import json
+
+    import numpy as np
+
+    from vidiff.shapes import make_shapes_dataset, render_clip
+
+    plain = render_clip("red", "circle", "right", np.random.default_rng(0), 64, 16)
+    drifted = render_clip("red", "circle", "right", np.random.default_rng(0), 64, 16, drift=0.3)
+    assert abs(detect(plain)["displacement_px"][1]) < 1 and detect(drifted)["displacement_px"][1] > 12
+    assert detect(drifted)["motion"] == "right"
+    with pytest.raises(ValueError, match="drift goes with left / right / still"):
+        render_clip("red", "circle", "up", np.random.default_rng(0), drift=0.3)
+    out = make_shapes_dataset(tmp_path / "d", clips=6, size=32, num_frames=8, motions=("left", "still"), drift=-0.2,
+                              progress=False)
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert {r["motion"] for r in rows} <= {"left", "still"} and len(rows) == 6
+
+
 def test_detector_tolerates_pixel_noise():
     """Generated frames are noisier than the dataset; colour and motion must still read right."""
     for i, combo in enumerate([("red", "circle", "left"), ("cyan", "square", "up"), ("purple", "triangle", "still")]):
