@@ -2,29 +2,21 @@
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vidiff import testing
-from vidiff.batch import compare, parse_seeds, plan_jobs, read_prompts
+from vidiff.testing import free_port, kill_when
+from vidiff.batch import compare, parse_seeds, plan_jobs
 from vidiff.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 PROMPTS = ["a red circle moving right", "a blue square moving up", "a green triangle moving left"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +65,7 @@ def test_killed_batch_resumes_with_every_file_once(setup, tmp_path):
     root, model = setup
     out = tmp_path / "out"
     proc = generate(root, model, out, wait=False)
-    deadline = time.time() + 120
-    while len(videos(out)) < 2:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: len(videos(out)) >= 2)
     assert len(videos(out)) < 6
     first = {p.name: p.stat().st_mtime_ns for p in videos(out)}
     generate(root, model, out)

@@ -8,7 +8,7 @@ import torch
 
 from vidiff import testing
 from vidiff.convert import (adapter_overrides, config_from_motion_unet, config_from_unet3d, load_state,
-                            read_motion_adapter, save_motion_adapter)
+                            read_motion_adapter)
 from vidiff.inflate import config_from_diffusers
 from vidiff.pipeline import VideoPipeline
 from vidiff.unet import UNet, UNetConfig

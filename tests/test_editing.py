@@ -3,10 +3,8 @@ and peft are the oracle, on tiny random folders built here."""
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vidiff import testing
+from vidiff.testing import kill_when
 from vidiff.cli import main
 from vidiff.pipeline import VideoPipeline
 
@@ -345,12 +344,7 @@ def test_lora_resume_after_sigkill_is_bit_exact(tmp_path):
     full = run(tmp_path / "full")
     killed = tmp_path / "killed"
     proc = run(killed)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "checkpoint-00000003" / "state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, (killed / "checkpoints" / "checkpoint-00000003" / "state.json").exists)
     assert latest_checkpoint(killed / "checkpoints").name != "checkpoint-00000009"
     resumed = run(killed)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]

@@ -13,18 +13,13 @@ from pathlib import Path
 import pytest
 
 from vidiff import testing
+from vidiff.testing import free_port
 from vidiff.cli import main
 from vidiff.io import read_video
 
 pytest.importorskip("gradio")
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

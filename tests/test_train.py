@@ -2,11 +2,8 @@
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from vidiff.config import load_config
 from vidiff.data import ClipDataset
 from vidiff.shapes import make_shapes_dataset
 from vidiff.train import Objective, build_models, check, draw, latest_checkpoint, train
+from vidiff.testing import free_port, kill_when
 from vidiff.unet import UNet, is_temporal_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,12 +115,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(data, tmp_path):
     full = _run(args + [f"train.output_dir={tmp_path / 'full'}"])
     killed = tmp_path / "killed"
     proc = _run(args + [f"train.output_dir={killed}"])
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "checkpoint-00000003" / "state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, (killed / "checkpoints" / "checkpoint-00000003" / "state.json").exists)
     assert latest_checkpoint(killed / "checkpoints").name != "checkpoint-00000012"   # really cut short
     resumed = _run(args + [f"train.output_dir={killed}"])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
@@ -142,14 +135,8 @@ def test_partial_checkpoints_are_ignored(tmp_path):
     assert latest_checkpoint(tmp_path).name == "checkpoint-00000002"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_hold_identical_weights_and_see_different_samples(data, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(ROOT / "tests" / "dist_worker.py"), str(tmp_path), str(TINY), f"data.path={data}",
            f"train.output_dir={tmp_path}", "data.num_frames=4", "train.steps=3", "train.checkpoint_every=3",
            "train.log_samples=true"]       # no GPU here: train() must join the ranks over gloo by itself

@@ -259,6 +259,8 @@ def _columns(rows: list[dict]) -> list[tuple[str, str]]:
 
 def compare_table(rows: list[dict]) -> str:
     """The rows as a plain-text table: `mean ± std` per metric, then the static-video count."""
+    from .bench import text_table
+
     present = _columns(rows)
     head = ["run", "videos"] + [name for _, name in present] + ["static"]
     body = []
@@ -269,20 +271,14 @@ def compare_table(rows: list[dict]) -> str:
             cells.append("-" if c is None else f"{c['mean']:.4f} ± {c['std']:.4f}")
         cells.append(f"{r['static']}/{r['videos']}")
         body.append(cells)
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()   # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in body])
+    return text_table(head, body)
 
 
 def compare_plot(rows: list[dict], path: str | os.PathLike) -> Path:
     """Bars of each metric's mean (± std), one group per metric, one bar per run."""
-    try:
-        import matplotlib
+    from .bench import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError("plotting needs matplotlib: pip install 'vidiff[plot]'") from None
+    plt = pyplot()
     keys = [k for k, _ in _columns(rows)]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3 * max(1, len(keys)), 3), squeeze=False)
     for ax, k in zip(axes[0], keys):

@@ -240,20 +240,31 @@ def table(records: list[dict]) -> str:
         cells.append("-" if seam.get("ratio") is None else f"{seam['ratio']:.2f}" + ("" if seam["known"] else "*"))
         cells.append("STATIC: barely moves, so high consistency is expected" if r["static"] and r["frames"] > 1 else "")
         rows.append(cells)
+    return text_table(head, rows)
+
+
+def text_table(head: list[str], rows: list[list[str]]) -> str:
+    """Plain-text columns, each as wide as its widest cell, with a dashed rule under the header."""
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     fmt_row = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()   # noqa: E731
     return "\n".join([fmt_row(head), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in rows])
 
 
-def plot(records: list[dict], path: str | os.PathLike) -> Path:
-    """Per-pair curves (flicker, warping error, motion, SSIM) of every video in one PNG."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or one clear ValueError when matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
+        raise ValueError("plotting needs matplotlib: pip install 'vidiff[plot]'") from None
+    return plt
+
+
+def plot(records: list[dict], path: str | os.PathLike) -> Path:
+    """Per-pair curves (flicker, warping error, motion, SSIM) of every video in one PNG."""
+    plt = pyplot()
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"plot path must end in .png, got {str(path)!r}")

@@ -160,6 +160,30 @@ def tiny_modelscope_folder(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for test servers and torchrun rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_when(proc, done, timeout: float = 120.0) -> None:
+    """SIGKILL subprocess `proc` as soon as `done()` is true (it must still be running then)."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not done():
+        if proc.poll() is not None or time.time() > deadline:
+            err = proc.stderr.read() if proc.stderr else b""
+            raise AssertionError(f"process ended or timed out first: {(err.decode() if isinstance(err, bytes) else err)[-2000:]}")
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 if __name__ == "__main__":
     import sys
 
