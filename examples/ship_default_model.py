@@ -1,6 +1,6 @@
 """Copy a trained shapes model into the package as the default model (fp16 UNet weights, < 30 MB).
 
-    python examples/ship_default_model.py runs/shapes-video/model [--guidance 4.0] [--first-frame-first]
+    python examples/ship_default_model.py runs/shapes-video/model [--guidance 4.0] [--first-frame-first] [--steps N]
 
 The model card (vidiff/weights/shapes-64/README.md) is written afterwards from the benchmark:
     vidiff bench shapes --json runs/bench-shapes.json --sheet docs/shapes-sheet.png
@@ -21,12 +21,15 @@ p.add_argument("source", help="trained model folder (train.output_dir/model)")
 p.add_argument("--first-frame-first", action="store_true",
                help="text-to-video generates frame 0 first, then animates it (stored as the model's default)")
 p.add_argument("--guidance", type=float, default=None, help="default guidance scale stored with the model")
+p.add_argument("--steps", type=int, default=None, help="default sampling steps stored with the model")
 args = p.parse_args()
 pipe = VideoPipeline.from_pretrained(args.source)
 if args.first_frame_first:
     pipe.defaults["first_frame_first"] = True
 if args.guidance is not None:
     pipe.defaults["guidance_scale"] = args.guidance
+if args.steps is not None:
+    pipe.defaults["num_inference_steps"] = args.steps
 card = DEFAULT_MODEL / "README.md"
 kept = card.read_text() if card.exists() else None
 shutil.rmtree(DEFAULT_MODEL, ignore_errors=True)
