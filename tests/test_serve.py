@@ -81,6 +81,9 @@ def test_browser_generates_shows_history_and_errors(server, tmp_path):
         page.locator("#steps input").fill("0")
         page.locator("#generate").click()
         sync_api.expect(page.locator("#status")).to_contain_text("steps must be a whole number >= 1", timeout=30_000)
+        page.locator("#history img").first.click()                         # one click restores that run's settings
+        sync_api.expect(page.locator("#prompt textarea")).to_have_value("a red circle moving right", timeout=30_000)
+        sync_api.expect(page.locator("#steps input")).to_have_value("2", timeout=30_000)
         browser.close()
     sidecars = list((root / "outputs").glob("*.json"))
     assert len(sidecars) >= 1 and all((root / "outputs" / (p.stem + ".mp4")).exists() for p in sidecars)
