@@ -27,6 +27,9 @@ p.add_argument("--data-seconds", type=int, default=None,
 p.add_argument("--remark", default="", help="one paragraph added after the recipe times (e.g. what disturbed them)")
 p.add_argument("--dtype", default="float32", help="the precision the bench ran in")
 p.add_argument("--limits", default="", help="what the bench shows the model still gets wrong")
+p.add_argument("--rates-from-logs", action="store_true",
+               help="stage times from steps x batch / the training log's median clips per second, for a run whose "
+                    "wall clock was resumed or paused (the stamps are then not the recipe's time)")
 args = p.parse_args()
 
 res = json.loads(Path(args.bench).read_text())
@@ -43,6 +46,16 @@ img, vid = last(img_cfg.train.output_dir), last(vid_cfg.train.output_dir)
 data_s = args.data_seconds if args.data_seconds is not None else stamps["dataset ready"]
 img_s = stamps["image stage done"] - stamps["dataset ready"]
 vid_s = stamps["video stage done"] - stamps["image stage done"]
+if args.rates_from_logs:
+    def undisturbed(cfg):
+        from statistics import median
+
+        rates = [json.loads(line)["clips_per_s"] for line in (ROOT / cfg.train.output_dir / "log.jsonl").read_text().splitlines()]
+        return round(cfg.train.steps * cfg.train.batch_size / median(rates))
+    img_s, vid_s = undisturbed(img_cfg), undisturbed(vid_cfg)
+    args.remark = (f"Stage times are steps x batch / the median throughput in the training logs: the stamped run "
+                   f"(image {stamps['image stage done'] - stamps['dataset ready']} s, video "
+                   f"{stamps['video stage done'] - stamps['image stage done']} s) was resumed and paused. " + args.remark)
 total_min = (data_s + img_s + vid_s) / 60
 m, t, tv = img_cfg.model, img_cfg.text, vid_cfg.train
 reused = " (measured when the dataset was made; later runs reuse it)" if args.data_seconds is not None else ""
