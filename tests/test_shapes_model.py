@@ -83,7 +83,8 @@ def test_video_to_video_recolours_a_rendered_clip_and_keeps_its_motion(pipe):
     got = []
     for seed in range(3):
         clip = render_clip("red", "circle", "right", np.random.default_rng(seed), 64, 16)
-        video = pipe.video_to_video(clip, "a blue circle moving right", strength=0.7, seed=seed, progress=False)
+        video = pipe.video_to_video(clip, "a blue circle moving right", strength=0.7, seed=seed, progress=False,
+                                    num_inference_steps=25)       # at the default 10 steps 0.7 starts at t=699: 1 of 3 kept
         got.append(detect(video.frames))
     assert all(g["color"] == "blue" for g in got), got
     assert sum(g["motion"] == "right" for g in got) >= 2, got
