@@ -40,6 +40,7 @@ def generate(root, model, out, *extra, procs: int = 1, wait: bool = True):
     return proc
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_files_as_one(setup, tmp_path):
     root, model = setup
     generate(root, model, tmp_path / "one")
@@ -61,6 +62,7 @@ def videos(folder: Path) -> list[Path]:
     return [p for p in folder.glob("*.mp4") if not p.name.startswith(".")] if folder.exists() else []
 
 
+@pytest.mark.slow
 def test_killed_batch_resumes_with_every_file_once(setup, tmp_path):
     root, model = setup
     out = tmp_path / "out"
@@ -131,6 +133,7 @@ def test_unwritable_out_dir_is_one_line_exit_2(setup, tmp_path, capsys):
     assert f"--out-dir {target}" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_bench_compare_rows_match_the_reports(setup, tmp_path, capsys):
     root, model = setup
     for sampler in ("ddim", "euler"):
@@ -153,6 +156,7 @@ def test_bench_compare_rows_match_the_reports(setup, tmp_path, capsys):
         assert row["static"] == sum(r["static"] for r in reports)
 
 
+@pytest.mark.slow
 def test_bench_consistency_splits_a_folder_between_processes(setup, tmp_path):
     root, model = setup
     generate(root, model, tmp_path / "v")

@@ -163,6 +163,7 @@ SD15 = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross
 
 
 @pytest.mark.parametrize("version, mid, seq, params", [("v2", True, 32, 453_209_280), ("v1", False, 24, 417_137_600)])
+@pytest.mark.slow
 def test_real_sd15_adapter_key_sets_on_meta_device(version, mid, seq, params):
     adapter_cfg = dict(block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2,
                        use_motion_mid_block=mid, motion_max_seq_length=seq)

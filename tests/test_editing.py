@@ -327,6 +327,7 @@ def test_lora_training_changes_only_lora_and_exports_for_diffusers(ad, tmp_path)
     assert rel(pipe(PROMPT, latents=lat.clone(), progress=False, **kw), expected) <= 1e-4
 
 
+@pytest.mark.slow
 def test_lora_resume_after_sigkill_is_bit_exact(tmp_path):
     from vidiff.shapes import make_shapes_dataset
     from vidiff.train import latest_checkpoint

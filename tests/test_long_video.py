@@ -167,6 +167,7 @@ def test_fifo_output_length_is_exact(frames):
     assert video.frames.shape[0] == frames and video.settings["num_inference_steps"] == 8
 
 
+@pytest.mark.slow
 def test_fifo_memory_does_not_grow_with_length(tmp_path):
     import subprocess
     import sys

@@ -140,6 +140,7 @@ def peak_kib(frames, mode):
     return int(one), int(other)
 
 
+@pytest.mark.slow
 def test_autoregressive_peak_memory_is_one_chunk():
     one, ar = peak_kib(64, "autoregressive")
     _, full = peak_kib(64, "all")
@@ -189,6 +190,7 @@ def vidiff(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "vidiff.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_cli_writes_mp4_that_decord_reads_back(model_dir, tmp_path):
     decord = pytest.importorskip("decord")
     out = tmp_path / "v.mp4"

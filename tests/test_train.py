@@ -109,6 +109,7 @@ def _run(args, **kw):
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(data, tmp_path):
     args = [f"data.path={data}", "data.num_frames=4", "train.steps=12", "train.checkpoint_every=3",
             "train.keep_checkpoints=10", "data.num_workers=0"]
@@ -135,6 +136,7 @@ def test_partial_checkpoints_are_ignored(tmp_path):
     assert latest_checkpoint(tmp_path).name == "checkpoint-00000002"
 
 
+@pytest.mark.slow
 def test_two_processes_hold_identical_weights_and_see_different_samples(data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(ROOT / "tests" / "dist_worker.py"), str(tmp_path), str(TINY), f"data.path={data}",
