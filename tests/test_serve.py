@@ -125,3 +125,18 @@ def test_port_in_use_is_one_line_exit_2(capsys):
         assert main(["serve", "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"--port {port}: in use on 127.0.0.1" in err and err.count("\n") == 1
+
+
+def test_one_run_at_a_time_bounded_queue_and_one_model_kept(tmp_path):
+    from vidiff.serve import Models, build_app
+
+    a, b = testing.tiny_model(tmp_path / "a"), testing.tiny_model(tmp_path / "b", seed=1)
+    app = build_app({"a": a, "b": b}, tmp_path / "out", queue_size=5)
+    assert app._queue.max_size == 5 and app._queue.default_concurrency_limit == 1
+    models = Models({"a": a, "b": b})
+    first = models.get("a")
+    assert models.get("a") is first                        # kept while it stays picked
+    other = models.get("b")
+    assert other is not first and models.name == "b" and models.pipe is other
+    with pytest.raises(ValueError, match="model 'c' is not available; available: a, b"):
+        models.get("c")

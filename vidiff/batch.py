@@ -104,7 +104,7 @@ def plan_jobs(entries: list[dict], seeds: list[int], naming: str = "slug") -> li
     return jobs
 
 
-def _state():
+def process_state():
     """accelerate's PartialState; on a machine without a GPU, launched processes join over gloo."""
     import torch
     from accelerate import PartialState
@@ -124,7 +124,7 @@ def run_batch(pipe, jobs: list[dict], out_dir: str | os.PathLike, defaults: dict
     from .io import check_writable
 
     out_dir = Path(out_dir)
-    state = _state()
+    state = process_state()
     if state.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         check_writable(out_dir / "index.jsonl")
@@ -197,7 +197,7 @@ def videos_in(folder: str | os.PathLike) -> list[Path]:
 def score_shared(videos: list, score) -> tuple[list, list]:
     """`score(video) -> record` over `videos`, split between processes; every process gets all records
     (in input order) and errors back."""
-    state = _state()
+    state = process_state()
     with state.split_between_processes(list(range(len(videos)))) as mine:
         done = []
         for i in mine:

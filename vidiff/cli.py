@@ -442,7 +442,7 @@ def _bench_consistency(args: argparse.Namespace) -> int:
         reference = SimpleNamespace(frames=frames, fps=fps)
     from .bench import SCHEMA_ID, consistency, plot, table, write_json
 
-    from .batch import _state, score_shared, videos_in
+    from .batch import process_state, score_shared, videos_in
 
     videos = []
     for v in args.videos:          # a folder of video files is a batch; a folder of images is one video
@@ -450,7 +450,7 @@ def _bench_consistency(args: argparse.Namespace) -> int:
     records, errors = score_shared(videos, lambda video: consistency(
         video, reference=reference, fps=args.fps, analysis_fps=args.analysis_fps, flow=args.flow,
         clip_model=args.clip_model, seams=seams))
-    if not _state().is_main_process:
+    if not process_state().is_main_process:
         return 2 if errors else 0
     for e in errors:
         print(f"vidiff bench: error: {e['video']}: {e['error']}", file=sys.stderr)
@@ -565,14 +565,8 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    from . import __version__
-
-    p = Parser(prog="vidiff", description="Image diffusion models extended to video.")
-    p.add_argument("--version", action="version", version=f"vidiff {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _make_parsers(sub) -> None:
+    """Subcommands of the video-making commands: generate, extend, interpolate."""
     gen = sub.add_parser("generate", help="text-to-video (or image-to-video with --image)")
     gen.add_argument("prompt", nargs="?", default=None, help="what the video shows")
     _generation_args(gen, frames_help="number of frames (default: the model's; 1 = an image)")
@@ -607,6 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_args(itp, frames_help="frames in all, first and last included (default: the model's)")
     itp.set_defaults(run=_interpolate, mode="all")
 
+
+def _model_parsers(sub) -> None:
+    """Subcommands of the model-folder commands: convert, export, inflate."""
     conv = sub.add_parser("convert", help="write a community model (AnimateDiff, ModelScope, SD + adapter) as a vidiff folder")
     conv.add_argument("source", help="diffusers AnimateDiffPipeline / TextToVideoSDPipeline / SD folder, or a vidiff folder")
     conv.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
@@ -632,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     inf.set_defaults(run=_inflate)
 
+
+def _training_parsers(sub) -> None:
+    """Subcommands of train, distill and the dataset makers."""
     tr = sub.add_parser("train", help="train (or resume) from a YAML config")
     tr.add_argument("config", help="YAML config, e.g. configs/tiny.yaml")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 lr=3e-4")
@@ -664,6 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--quiet", action="store_true", help="no progress bar")
     sh.set_defaults(run=_data_shapes)
 
+
+def _serve_parser(sub) -> None:
+    """Subcommands of the web UI."""
     srv = sub.add_parser("serve", help="a local web UI (gradio): generate, history, bench")
     srv.add_argument("--models", nargs="*", default=[], help="folders holding model folders (or model folders); "
                      "the shipped model is always offered")
@@ -673,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--queue", type=int, default=8, help="requests that may wait for the one running (default 8)")
     srv.set_defaults(run=_serve)
 
+
+def _bench_parsers(sub) -> None:
+    """Subcommands of the benchmarks: consistency, compare, shapes."""
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
     cons = bench_sub.add_parser("consistency", help="temporal consistency of videos (flicker, warping error, motion, ...)")
@@ -706,6 +712,21 @@ def build_parser() -> argparse.ArgumentParser:
     shp.add_argument("--sheet", default=None, help="write a contact sheet of generated videos to this .png")
     shp.add_argument("--quiet", action="store_true", help="no progress bar")
     shp.set_defaults(run=_bench_shapes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from . import __version__
+
+    p = Parser(prog="vidiff", description="Image diffusion models extended to video.")
+    p.add_argument("--version", action="version", version=f"vidiff {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _make_parsers(sub)
+    _model_parsers(sub)
+    _training_parsers(sub)
+    _serve_parser(sub)
+    _bench_parsers(sub)
     return p
 
 

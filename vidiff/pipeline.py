@@ -22,7 +22,7 @@ from einops import rearrange
 
 from .codec import PixelCodec, VaeCodec
 from .io import as_frames, available_memory, fit_frame, read_video, write_video
-from .plans import sample_autoregressive, sample_fifo, sample_window, sample_windows
+from .plans import sample_fifo, sample_plan, sample_window
 from .samplers import get_sampler
 from .schedule import NoiseSchedule
 from .text import TextEncoder
@@ -337,16 +337,9 @@ class VideoPipeline:
                                  lookahead=lookahead)
         elif start == num_inference_steps:           # strength 0: the input, through the codec
             out = init
-        elif mode == "all" or chunk >= f:
-            out = sample_window(self, shape, known, noise=latents, **run)
-        elif mode == "windows":
-            seams = []
-            out = sample_windows(self, shape, known, chunk, stride, weighting, noise_type, noise=latents,
-                                 seams=seams, **run)
         else:
-            seams = []
-            run.pop("init")
-            out = sample_autoregressive(self, shape, known, chunk, context, noise=latents, seams=seams, init=init, **run)
+            out, seams = sample_plan(self, mode, shape, known, run, chunk=chunk, context=context, stride=stride,
+                                     weighting=weighting, noise_type=noise_type, noise=latents)
         if output_type == "latent" and mode != "fifo":
             return out
         import vidiff

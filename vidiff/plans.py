@@ -181,6 +181,20 @@ def sample_windows(pipe, shape, known, length: int, stride: int, weighting: str,
         return sample_window(pipe, shape, known, noise=noise, **run)
 
 
+def sample_plan(pipe, mode: str, shape, known, run: dict, chunk: int, context: int, stride: int, weighting: str,
+                noise_type: str, noise=None):
+    """(latents, seams) of a whole video by plan `mode`: all frames in one window, overlapping windows fused
+    every step (`windows`), or windows one after another (`autoregressive`). `run` holds `sample_window`'s
+    arguments; seams is None for one window."""
+    if mode == "all" or chunk >= shape[2]:
+        return sample_window(pipe, shape, known, noise=noise, **run), None
+    seams: list = []
+    if mode == "windows":
+        return sample_windows(pipe, shape, known, chunk, stride, weighting, noise_type, noise=noise, seams=seams,
+                              **run), seams
+    return sample_autoregressive(pipe, shape, known, chunk, context, noise=noise, seams=seams, **run), seams
+
+
 def _guided(pipe, gscale: torch.Tensor, cfg: bool, kw: dict):
     """`model(x_t, t, ctx)`: the unconditional and conditional halves in one UNet batch when `cfg`, then guidance."""
     n = 2 if cfg else 1

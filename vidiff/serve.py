@@ -125,46 +125,73 @@ def _message(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+FIELDS = ("prompt", "negative", "model", "frames", "fps", "height", "width", "steps", "guidance", "seed", "sampler",
+          "mode")                               # the form fields a history entry restores, in the form's order
+
+
+def generate(models: Models, history: History, ui: dict, image=None, video=None) -> dict:
+    """Check the form's values, run the pipeline (text-, image- or video-to-video), keep the result; its entry."""
+    if not str(ui["prompt"] or "").strip() and video is None and image is None:
+        raise ValueError("the prompt is empty; describe the video (e.g. a red circle moving right)")
+    for name in ("frames", "steps", "height", "width"):
+        v = ui[name]
+        if v is None or int(v) != v or v < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+    if ui["seed"] is None or int(ui["seed"]) != ui["seed"] or ui["seed"] < 0:
+        raise ValueError(f"seed must be a whole number >= 0, got {ui['seed']!r}")
+    pipe = models.get(ui["model"])
+    kw = dict(negative_prompt=ui["negative"] or None, height=int(ui["height"]), width=int(ui["width"]),
+              num_inference_steps=int(ui["steps"]), guidance_scale=float(ui["guidance"]), seed=int(ui["seed"]),
+              fps=float(ui["fps"]) if ui["fps"] else None, mode=ui["mode"], progress=True,
+              sampler=None if ui["sampler"] == SAMPLERS[0] else ui["sampler"])
+    prompt = ui["prompt"] or ""
+    if video is not None:
+        result = pipe.video_to_video(video, prompt, strength=float(ui["strength"]), **kw)
+    elif image is not None:
+        result = pipe.animate(image, prompt, resize="crop", num_frames=int(ui["frames"]), **kw)
+    else:
+        result = pipe(prompt, num_frames=int(ui["frames"]), **kw)
+    return history.save(result, ui)
+
+
+def bench_report(history: History, result_name: str | None, upload) -> tuple[list, str | None, str]:
+    """(metric rows, per-pair plot, note) of a history result (only those) or an uploaded video."""
+    from .bench import consistency, plot
+
+    if not upload and result_name and result_name not in {e["mp4"] for e in history.entries()}:
+        raise ValueError(f"{result_name!r} is not a result in the history")
+    path = upload or (history.folder / result_name if result_name else None)
+    if path is None:
+        raise ValueError("pick a result or upload a video")
+    report = consistency(str(path))
+    rows = [[k, round(v["value"], 5) if isinstance(v.get("value"), float) else v.get("value")]
+            for k, v in report["metrics"].items()]
+    try:
+        curves = str(plot([report], history.folder / ".bench.png"))    # one file, replaced by the next report
+    except ValueError:                                                 # no matplotlib: the table alone
+        curves = None
+    return rows, curves, "static video: barely moves" if report["static"] else ""
+
+
 def build_app(models: dict, outputs: str | os.PathLike, queue_size: int = 8):
-    """The gradio Blocks app (not launched)."""
+    """The gradio Blocks app (not launched); the handlers are thin wrappers that turn errors into page messages."""
     import gradio as gr
 
     cache, history = Models(models), History(outputs)
     names = list(models)
 
-    def generate(prompt, negative, model, frames, fps, height, width, steps, guidance, seed, sampler, mode,
-                 image, video, strength, progress=gr.Progress(track_tqdm=True)):
-        ui = dict(prompt=prompt, negative=negative, model=model, frames=frames, fps=fps, height=height, width=width,
-                  steps=steps, guidance=guidance, seed=seed, sampler=sampler, mode=mode, strength=strength)
+    def on_generate(*values, progress=gr.Progress(track_tqdm=True)):
+        *form, image, video, strength = values
         try:
-            if not str(prompt or "").strip() and video is None and image is None:
-                raise ValueError("the prompt is empty; describe the video (e.g. a red circle moving right)")
-            for name, v, lo in (("frames", frames, 1), ("steps", steps, 1), ("height", height, 1), ("width", width, 1)):
-                if v is None or int(v) != v or v < lo:
-                    raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
-            if seed is None or int(seed) != seed or seed < 0:
-                raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
-            pipe = cache.get(model)
-            kw = dict(negative_prompt=negative or None, num_frames=int(frames), height=int(height), width=int(width),
-                      num_inference_steps=int(steps), guidance_scale=float(guidance), seed=int(seed),
-                      fps=float(fps) if fps else None, mode=mode, progress=True,
-                      sampler=None if sampler == SAMPLERS[0] else sampler)
-            if video is not None:
-                kw.pop("num_frames")
-                result = pipe.video_to_video(video, prompt or "", strength=float(strength), **kw)
-            elif image is not None:
-                result = pipe.animate(image, prompt or "", resize="crop", **kw)
-            else:
-                result = pipe(prompt, **kw)
-            entry = history.save(result, ui)
+            entry = generate(cache, history, {**dict(zip(FIELDS, form)), "strength": strength}, image, video)
         except Exception as e:                 # noqa: BLE001 - a message in the page; the server keeps serving
             return gr.update(), gr.update(), f"**error:** {_message(e)}", gr.update()
-        mp4, gif = history.folder / entry["mp4"], history.folder / entry["gif"]
-        note = (f"{entry['frames']} frames, seed {entry['settings']['seed']}, saved as `{entry['mp4']}` "
-                f"({entry['settings']['num_inference_steps']} steps, {entry['settings']['sampler']})")
+        mp4, gif, st = history.folder / entry["mp4"], history.folder / entry["gif"], entry["settings"]
+        note = (f"{entry['frames']} frames, seed {st['seed']}, saved as `{entry['mp4']}` "
+                f"({st['num_inference_steps']} steps, {st['sampler']})")
         return str(mp4), [str(mp4), str(gif)], note, history.gallery()
 
-    def pick_model(name):
+    def on_pick_model(name):
         try:
             d = cache.get(name).defaults
         except Exception as e:                 # noqa: BLE001
@@ -172,36 +199,15 @@ def build_app(models: dict, outputs: str | os.PathLike, queue_size: int = 8):
         return [d["num_frames"], d["fps"], d["height"], d["width"], int(d.get("num_inference_steps", 25)),
                 d.get("guidance_scale", 7.5), f"model `{name}` loaded"]
 
-    def restore(evt: gr.SelectData):
+    def on_restore(evt: gr.SelectData):
         entries = history.entries()
         if evt is None or not 0 <= evt.index < len(entries):
-            return [gr.update()] * 12
-        ui = entries[evt.index]["ui"]
-        keys = ("prompt", "negative", "model", "frames", "fps", "height", "width", "steps", "guidance", "seed",
-                "sampler", "mode")
-        return [gr.update(value=ui.get(k)) for k in keys]
+            return [gr.update()] * len(FIELDS)
+        return [gr.update(value=entries[evt.index]["ui"].get(k)) for k in FIELDS]
 
-    def bench(result_name, upload):
-        from .bench import consistency
-
+    def on_bench(result_name, upload):
         try:
-            known = {e["mp4"] for e in history.entries()}
-            if not upload and result_name and result_name not in known:       # only files of the history
-                raise ValueError(f"{result_name!r} is not a result in the history")
-            path = upload or (history.folder / result_name if result_name else None)
-            if path is None:
-                raise ValueError("pick a result or upload a video")
-            report = consistency(str(path))
-            rows = [[k, round(v["value"], 5) if isinstance(v.get("value"), float) else v.get("value")]
-                    for k, v in report["metrics"].items()]
-            plot = None
-            try:
-                from .bench import plot as draw
-
-                plot = str(draw([report], history.folder / f".bench-{int(time.time() * 1000)}.png"))
-            except ValueError:
-                pass
-            return rows, plot, "static video: barely moves" if report["static"] else ""
+            return bench_report(history, result_name, upload)
         except Exception as e:                 # noqa: BLE001
             return [], None, f"**error:** {_message(e)}"
 
@@ -248,11 +254,11 @@ def build_app(models: dict, outputs: str | os.PathLike, queue_size: int = 8):
             bench_note = gr.Markdown(elem_id="bench-status")
 
         inputs = [prompt, negative, model, frames, fps, height, width, steps, guidance, seed, sampler, mode]
-        go.click(generate, inputs + [image, video_in, strength], [result, files, status, gallery], api_name="generate")
-        model.change(pick_model, model, [frames, fps, height, width, steps, guidance, status], api_name="pick_model")
+        go.click(on_generate, inputs + [image, video_in, strength], [result, files, status, gallery], api_name="generate")
+        model.change(on_pick_model, model, [frames, fps, height, width, steps, guidance, status], api_name="pick_model")
         dice.click(lambda: random.randrange(2 ** 31), None, seed, api_name="random_seed")
-        gallery.select(restore, None, inputs, api_name="restore")
-        run_bench.click(bench, [pick, upload], [table, curve, bench_note], api_name="bench")
+        gallery.select(on_restore, None, inputs, api_name="restore")
+        run_bench.click(on_bench, [pick, upload], [table, curve, bench_note], api_name="bench")
         app.load(lambda: (history.gallery(), gr.update(choices=[e["mp4"] for e in history.entries()])),
                  None, [gallery, pick], api_name="history")
     app.queue(default_concurrency_limit=1, max_size=queue_size)

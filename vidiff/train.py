@@ -382,6 +382,53 @@ def _batches(dl, device, codec):
         yield x0, batch["caption"], batch["key"], batch["skipped"]
 
 
+def _log_line(accelerator, step: int, t, loss_sum: float, n: int, skipped: int, per_step: int, seconds: float,
+              samples: int) -> dict:
+    """One log.jsonl line for the steps since the last: mean loss over every process, throughput, skipped files."""
+    world = accelerator.num_processes
+    stats = torch.tensor([loss_sum, n, skipped], device=accelerator.device, dtype=torch.float64)
+    stats = accelerator.reduce(stats, "sum") if world > 1 else stats
+    return {"step": step, "loss": float(stats[0] / stats[1]), "lr": lr_at(step - 1, t),
+            "clips_per_s": n / t.grad_accum * per_step / seconds,
+            "skipped_files": int(stats[2] / world) if world > 1 else skipped, "samples": samples}
+
+
+def _set_trainable(unet: UNet, t) -> list:
+    """Decide what learns (a LoRA only, the temporal layers only, or everything); returns the (name, param) pairs."""
+    if t.lora is not None:                   # only the adapter learns; the base weights stay as they are
+        from .lora import add_trainable, target_layers
+
+        add_trainable(unet, target_layers(unet, t.lora.get("targets", "all"), is_temporal_key),
+                      t.lora.get("rank", 8), t.lora.get("alpha"), seed=t.seed)
+    elif t.freeze_spatial:
+        if not unet.config.temporal:
+            raise ValueError("train.freeze_spatial needs temporal layers (stage: video)")
+        for name, p in unet.named_parameters():
+            p.requires_grad_(is_temporal_key(name))
+    return [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+
+
+def _save_result(cfg: Config, net: UNet, ema: dict, text, schedule, codec, dest: Path) -> None:
+    """The run's result with the EMA weights: a LoRA file, or a model folder (a distilled student samples with
+    DDIM in its N steps, keeping the teacher's other defaults)."""
+    from .pipeline import VideoPipeline       # same tier: it writes the result folder
+
+    t, d = cfg.train, cfg.data
+    if t.lora is not None:
+        _save_lora(net, ema, dest, cfg)
+        return
+    final = UNet(net.config)
+    final.load_state_dict({**net.state_dict(), **ema})
+    final.config.gradient_checkpointing = False
+    defaults = {"height": d.height, "width": d.width, "num_frames": d.num_frames, "fps": d.fps or 8}
+    if t.teacher:
+        from .folders import load_components
+
+        defaults = {**load_components(t.teacher)[4], **defaults, "num_inference_steps": t.distill_steps}
+        schedule = NoiseSchedule.from_config({**schedule.to_config(), "_class_name": "DDIMScheduler"})
+    VideoPipeline(final, text, schedule, codec, defaults).save_pretrained(dest)
+
+
 def _save_lora(net, ema: dict, path: Path, cfg: Config) -> None:
     """The trained adapter (EMA weights) in diffusers' layout, written atomically, with what it was trained on."""
     from .lora import export_state
@@ -398,8 +445,6 @@ def train(cfg: Config, progress: bool = True) -> dict:
     """Train as `cfg` says (resuming when `output_dir` holds a checkpoint); returns a summary dict."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
-
-    from .pipeline import VideoPipeline       # same tier: it writes the result folder
 
     check(cfg)
     t = cfg.train
@@ -423,17 +468,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
     _check_size(cfg, codec.factor, unet.config.downsample_factor)      # before anything is written
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    if t.lora is not None:                   # only the adapter learns; the base weights stay as they are
-        from .lora import add_trainable, target_layers
-
-        add_trainable(unet, target_layers(unet, t.lora.get("targets", "all"), is_temporal_key),
-                      t.lora.get("rank", 8), t.lora.get("alpha"), seed=t.seed)
-    elif t.freeze_spatial:
-        if not unet.config.temporal:
-            raise ValueError("train.freeze_spatial needs temporal layers (stage: video)")
-        for name, p in unet.named_parameters():
-            p.requires_grad_(is_temporal_key(name))
-    trainable = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+    trainable = _set_trainable(unet, t)
     ema = {n: p.detach().clone().float() for n, p in trainable}
     text.to(device)
     codec.to(device)
@@ -531,13 +566,8 @@ def train(cfg: Config, progress: bool = True) -> dict:
         bar.update(1)
 
         if step % t.log_every == 0 or step == t.steps:
-            stats = torch.tensor([window_loss, window_n, len(skipped)], device=device, dtype=torch.float64)
-            stats = accelerator.reduce(stats, "sum") if world > 1 else stats
-            seconds = time.perf_counter() - t_window
-            line = {"step": step, "loss": float(stats[0] / stats[1]), "lr": lr_at(step - 1, t),
-                    "clips_per_s": window_n / t.grad_accum * per_step / seconds,
-                    "skipped_files": int(stats[2] / world) if world > 1 else len(skipped),
-                    "samples": state["samples"]}
+            line = _log_line(accelerator, step, t, window_loss, window_n, len(skipped), per_step,
+                             time.perf_counter() - t_window, state["samples"])
             if accelerator.is_main_process:
                 with open(log_file, "a") as fh:
                     fh.write(json.dumps(line) + "\n")
@@ -549,25 +579,10 @@ def train(cfg: Config, progress: bool = True) -> dict:
                             accelerator, state, t.keep_checkpoints)
     bar.close()
 
-    model_dir = out / "model"
     net = accelerator.unwrap_model(objective).unet
-    if t.lora is not None:
-        model_dir = out / "lora.safetensors"
-        if accelerator.is_main_process:
-            _save_lora(net, ema, model_dir, cfg)
-    elif accelerator.is_main_process:
-        final = UNet(net.config)
-        weights = {**net.state_dict(), **ema}
-        final.load_state_dict(weights)
-        final.config.gradient_checkpointing = False
-        fps = d.fps or 8
-        defaults = {"height": d.height, "width": d.width, "num_frames": d.num_frames, "fps": fps}
-        if t.teacher:          # the student samples with DDIM in its N steps, the teacher's other defaults kept
-            from .folders import load_components
-
-            defaults = {**load_components(t.teacher)[4], **defaults, "num_inference_steps": t.distill_steps}
-            schedule = NoiseSchedule.from_config({**schedule.to_config(), "_class_name": "DDIMScheduler"})
-        VideoPipeline(final, text, schedule, codec, defaults).save_pretrained(model_dir)
+    model_dir = out / ("lora.safetensors" if t.lora is not None else "model")
+    if accelerator.is_main_process:
+        _save_result(cfg, net, ema, text, schedule, codec, model_dir)
     accelerator.wait_for_everyone()
     return {"model_dir": model_dir, "step": step, "unet": net, "ema": ema, "skipped": sorted(skipped),
             "main": accelerator.is_main_process}
