@@ -742,6 +742,16 @@ def _one_line_warnings() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _close_process_group() -> None:
+    """Under torchrun / accelerate launch: meet the other processes, then close the group together. A process
+    that exits while a peer is still reading its last message makes gloo abort that peer (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vidiff` console script."""
     parser = build_parser()
@@ -760,6 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         status = args.run(args)
+        _close_process_group()
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, TypeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"vidiff {args.command}: error: {msg}", file=sys.stderr)
