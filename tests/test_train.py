@@ -231,3 +231,31 @@ def test_high_noise_fraction_moves_clips_to_the_top_levels(tmp_path):
         assert abs(top - (0.1 + 0.9 * frac)) < 0.03
     with pytest.raises(ValueError, match="train.high_noise_fraction must be in"):
         check(cfg_for(tmp_path, tmp_path / "o", "train.high_noise_fraction=1.5"))
+
+
+def test_loss_floor_caps_the_x_prediction_weight(tmp_path):
+    """train.loss_floor: sqrt(1 - a) is floored there, so no level weighs more than 1 / floor^2."""
+    from vidiff.schedule import NoiseSchedule
+    from vidiff.train import Objective
+
+    schedule = NoiseSchedule(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type="sample")
+    t = torch.tensor([[0], [99], [500]])
+    x = torch.zeros(3, 1, 1, 1, 1)
+    for floor in (0.05, 0.3):
+        w = schedule.loss_weight(t, x, floor=floor).flatten()
+        assert float(w.max()) == pytest.approx(1 / floor ** 2, rel=1e-5)
+        assert float(w[2]) == pytest.approx(1 / (1 - float(schedule.alphas_cumprod[500])), rel=1e-5)   # above it: unchanged
+    cfg = cfg_for(tmp_path, tmp_path / "o", "train.loss_floor=0.3")
+    assert cfg.train.loss_floor == 0.3
+    for bad in ("0", "1.5"):
+        with pytest.raises(ValueError, match="train.loss_floor must be in"):
+            check(cfg_for(tmp_path, tmp_path / "o", f"train.loss_floor={bad}"))
+    # the objective uses it: at level 0 the loss scales by (0.3 / 0.05)^2
+    unet = UNet(block_out_channels=[32], layers_per_block=1, attention_levels=[False], num_heads=2, norm_num_groups=8,
+                cross_attention_dim=16, in_channels=3, out_channels=3)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(1, 3, 1, 8, 8, generator=g), torch.randn(1, 3, 1, 8, 8, generator=g)
+    ctx, t0, mask = torch.randn(1, 4, 16, generator=g), torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1)
+    with torch.no_grad():
+        lo, hi = (Objective(unet, schedule, f).loss(x0, ctx, t0, noise, mask) for f in (0.3, 0.05))
+    assert float(hi / lo) == pytest.approx(36, rel=1e-4)

@@ -64,6 +64,8 @@ class TrainConfig:
     text_dropout: float = 0.1          # chance a caption is replaced by "" (classifier-free guidance)
     high_noise_fraction: float = 0.0   # chance a clip's noise level comes from the top tenth of the
                                        # schedule, where a video's layout is chosen (else uniform)
+    loss_floor: float = 0.05           # x-prediction (`sample`) loss weight 1 / (1 - a), with sqrt(1 - a)
+                                       # floored here: raise it to stop the near-clean levels dominating
     cond_first: float = 0.0            # chance a clip is conditioned on its first frame (image-to-video)
     cond_prefix: float = 0.0           # ... on its first k frames, k in 1..max_prefix (continuation)
     cond_first_last: float = 0.0       # ... on its first and last frames (interpolation)

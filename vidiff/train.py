@@ -170,6 +170,8 @@ def check(cfg: Config) -> None:
     for name in ("text_dropout", "high_noise_fraction", "cond_first", "cond_prefix", "cond_first_last", "ema_decay"):
         if not 0 <= getattr(t, name) <= 1:
             raise ValueError(f"train.{name} must be in [0, 1], got {getattr(t, name)}")
+    if not 0 < t.loss_floor <= 1:
+        raise ValueError(f"train.loss_floor must be in (0, 1], got {t.loss_floor}")
     if t.cond_first + t.cond_prefix + t.cond_first_last > 1:
         raise ValueError("train.cond_first + cond_prefix + cond_first_last must be <= 1")
     if t.image_batch_size < 0:
@@ -206,9 +208,9 @@ class Objective(nn.Module):
     All randomness (t, noise, masks) comes in as arguments: the caller draws it from its generator.
     """
 
-    def __init__(self, unet: UNet, schedule: NoiseSchedule):
+    def __init__(self, unet: UNet, schedule: NoiseSchedule, loss_floor: float = 0.05):
         super().__init__()
-        self.unet, self.schedule = unet, schedule
+        self.unet, self.schedule, self.loss_floor = unet, schedule, loss_floor
 
     def loss(self, x0, ctx, t, noise, mask):
         """Mean squared error of the prediction on the frames that are not given (mask 0)."""
@@ -219,7 +221,7 @@ class Objective(nn.Module):
         pred = self.unet(x_t, t, ctx, **kw)
         err = F.mse_loss(pred.float(), self.schedule.target(x0, noise, t).float(), reduction="none")
         weight = per_frame(1 - mask, err).expand_as(err)
-        level = self.schedule.loss_weight(t, err)
+        level = self.schedule.loss_weight(t, err, floor=self.loss_floor)
         scaled = err if level is None else err * level
         return (scaled * weight).sum() / weight.sum().clamp(min=1)
 
@@ -488,7 +490,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
         teacher = load_components(t.teacher)[0].to(device)
         objective = DistillObjective(unet, teacher, schedule, t.distill_steps)
     else:
-        objective = Objective(unet, schedule)
+        objective = Objective(unet, schedule, t.loss_floor)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     g = torch.Generator().manual_seed(t.seed * 1000 + rank)
 
