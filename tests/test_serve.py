@@ -115,6 +115,18 @@ def test_gradio_client_drives_the_same_app(server):
                        api_name="/generate")
     ok = client.predict(*args, api_name="/generate")                      # still serving after an error
     assert Path(ok[0]).exists()
+    # the page's progress bar: the sampler's steps reach the client while it runs
+    long_run = list(args)
+    long_run[7] = 300                                                     # steps: long enough to be seen running
+    job = client.submit(*long_run, api_name="/generate")
+    seen = []
+    while not job.done():
+        units = job.status().progress_data or []
+        seen += [(u.index, u.length, u.desc) for u in units if u.length]
+        time.sleep(0.02)
+    assert Path(job.result()[0]).exists()
+    assert seen and all(length == 300 for _, length, _ in seen), seen[:5]
+    assert any(0 < i < 300 for i, _, _ in seen) and any(desc and desc.startswith("frames 0-") for *_, desc in seen)
 
 
 def test_port_in_use_is_one_line_exit_2(capsys):

@@ -8,6 +8,7 @@ server keeps serving. Every endpoint has a stable `api_name` for `gradio_client`
 """
 
 # no `from __future__ import annotations`: gradio reads `evt: gr.SelectData` from the live annotation
+import inspect
 import json
 import os
 import random
@@ -180,8 +181,8 @@ def build_app(models: dict, outputs: str | os.PathLike, queue_size: int = 8):
     cache, history = Models(models), History(outputs)
     names = list(models)
 
-    def on_generate(*values, progress=gr.Progress(track_tqdm=True)):
-        *form, image, video, strength = values
+    def on_generate(*values):
+        *form, image, video, strength, _progress = values
         try:
             entry = generate(cache, history, {**dict(zip(FIELDS, form)), "strength": strength}, image, video)
         except Exception as e:                 # noqa: BLE001 - a message in the page; the server keeps serving
@@ -190,6 +191,13 @@ def build_app(models: dict, outputs: str | os.PathLike, queue_size: int = 8):
         note = (f"{entry['frames']} frames, seed {st['seed']}, saved as `{entry['mp4']}` "
                 f"({st['num_inference_steps']} steps, {st['sampler']})")
         return str(mp4), [str(mp4), str(gif)], note, history.gallery()
+
+    # gradio finds its Progress (which relays the sampler's tqdm bar to the page) only among positional
+    # parameters, and a `*values` handler has none: name them, the progress last.
+    P = inspect.Parameter
+    on_generate.__signature__ = inspect.Signature(
+        [P(n, P.POSITIONAL_OR_KEYWORD) for n in (*FIELDS, "image", "video", "strength")]
+        + [P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=True))])
 
     def on_pick_model(name):
         try:
