@@ -259,3 +259,18 @@ def test_loss_floor_caps_the_x_prediction_weight(tmp_path):
     with torch.no_grad():
         lo, hi = (Objective(unet, schedule, f).loss(x0, ctx, t0, noise, mask) for f in (0.3, 0.05))
     assert float(hi / lo) == pytest.approx(36, rel=1e-4)
+
+
+def test_level_band_moves_that_share_of_levels_into_the_band(tmp_path):
+    """train.level_band_fraction: that share of clips (one level per video) or images drawn from level_band."""
+    from vidiff.schedule import NoiseSchedule
+
+    schedule, x0 = NoiseSchedule(), torch.zeros(4000, 1, 3, 2, 2)
+    for frac, video in ((0.0, True), (0.5, True), (0.5, False)):
+        cfg = cfg_for(tmp_path, tmp_path / "o", f"train.level_band_fraction={frac}", "train.level_band=[400,650]")
+        t, *_ = draw(x0, cfg, schedule, torch.Generator().manual_seed(0), video)
+        inside = ((t >= 400) & (t < 650)).float().mean().item()
+        assert abs(inside - (0.25 + 0.75 * frac)) < 0.03
+    for bad in ("train.level_band=[650,400]", "train.level_band=[400]", "train.level_band_fraction=2"):
+        with pytest.raises(ValueError, match="train.level_band"):
+            check(cfg_for(tmp_path, tmp_path / "o", bad))

@@ -64,6 +64,9 @@ class TrainConfig:
     text_dropout: float = 0.1          # chance a caption is replaced by "" (classifier-free guidance)
     high_noise_fraction: float = 0.0   # chance a clip's noise level comes from the top tenth of the
                                        # schedule, where a video's layout is chosen (else uniform)
+    level_band: list = field(default_factory=lambda: [400, 650])   # [lo, hi) timesteps of `level_band_fraction`
+    level_band_fraction: float = 0.0   # chance a clip's (an image's) level is drawn from level_band instead: the
+                                       # middle levels where a shape's place shows in x_t and its corners do not
     loss_floor: float = 0.05           # x-prediction (`sample`) loss weight 1 / (1 - a), with sqrt(1 - a)
                                        # floored here: raise it to stop the near-clean levels dominating
     cond_first: float = 0.0            # chance a clip is conditioned on its first frame (image-to-video)

@@ -167,9 +167,13 @@ def check(cfg: Config) -> None:
     for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
         if getattr(t, name) < 1:
             raise ValueError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-    for name in ("text_dropout", "high_noise_fraction", "cond_first", "cond_prefix", "cond_first_last", "ema_decay"):
+    for name in ("text_dropout", "high_noise_fraction", "level_band_fraction", "cond_first", "cond_prefix",
+                 "cond_first_last", "ema_decay"):
         if not 0 <= getattr(t, name) <= 1:
             raise ValueError(f"train.{name} must be in [0, 1], got {getattr(t, name)}")
+    band = list(t.level_band) if isinstance(t.level_band, (list, tuple)) else None
+    if band is None or len(band) != 2 or not all(isinstance(v, int) for v in band) or not 0 <= band[0] < band[1]:
+        raise ValueError(f"train.level_band must be [lo, hi] whole timesteps with 0 <= lo < hi, got {t.level_band}")
     if not 0 < t.loss_floor <= 1:
         raise ValueError(f"train.loss_floor must be in (0, 1], got {t.loss_floor}")
     if t.cond_first + t.cond_prefix + t.cond_first_last > 1:
@@ -248,6 +252,11 @@ def draw(x0: torch.Tensor, cfg: Config, schedule: NoiseSchedule, g: torch.Genera
         shape = (b, 1) if video else (b, f)                            # a video's frames share one level
         top = torch.randint(T - T // 10, T, shape, generator=g).expand(b, f)
         t = torch.where(torch.rand(shape, generator=g) < t_cfg.high_noise_fraction, top, t)
+    if t_cfg.level_band_fraction > 0:   # some from the middle band, where only the caption can decide the details
+        shape = (b, 1) if video else (b, f)
+        lo, hi = t_cfg.level_band[0], min(t_cfg.level_band[1], schedule.num_train_timesteps)
+        band = torch.randint(lo, max(hi, lo + 1), shape, generator=g).expand(b, f)
+        t = torch.where(torch.rand(shape, generator=g) < t_cfg.level_band_fraction, band, t)
     noise = torch.randn(x0.shape, generator=g)
     mask = torch.zeros(b, f)
     u = torch.rand(b, generator=g)
