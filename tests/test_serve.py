@@ -117,7 +117,7 @@ def test_gradio_client_drives_the_same_app(server):
     assert Path(ok[0]).exists()
     # the page's progress bar: the sampler's steps reach the client while it runs
     long_run = list(args)
-    long_run[7] = 300                                                     # steps: long enough to be seen running
+    long_run[7] = 120                                                     # steps: long enough to be seen running
     job = client.submit(*long_run, api_name="/generate")
     seen = []
     while not job.done():
@@ -125,8 +125,8 @@ def test_gradio_client_drives_the_same_app(server):
         seen += [(u.index, u.length, u.desc) for u in units if u.length]
         time.sleep(0.02)
     assert Path(job.result()[0]).exists()
-    assert seen and all(length == 300 for _, length, _ in seen), seen[:5]
-    assert any(0 < i < 300 for i, _, _ in seen) and any(desc and desc.startswith("frames 0-") for *_, desc in seen)
+    assert seen and all(length == 120 for _, length, _ in seen), seen[:5]
+    assert any(0 < i < 120 for i, _, _ in seen) and any(desc and desc.startswith("frames 0-") for *_, desc in seen)
 
 
 def test_port_in_use_is_one_line_exit_2(capsys):
