@@ -5,10 +5,10 @@
 
 Two readings, both on the model's own domain:
 
-- *prompt effect*: rendered squares (one frame each) are noised to level t and the model predicts x0
+- *prompt effect*: rendered still squares (one frame for an image model, a clip for a video model) are noised to level t and the model predicts x0
   twice, with the caption saying "square" and saying "circle". The RMS difference of the two
   predictions (in [-1, 1] units) is what the shape word changes. For scale, a rendered square and a
-  circle of the same size and place differ by `rendered` (~0.09): a model that draws the shape the
+  circle of the same size and place differ by `rendered` (0.107): a model that draws the shape the
   word names must change its prediction by a good part of that where the noise hides the edges.
 - *samples*: 10-step samples (one frame for an image model, a clip for a video model) of "a COLOUR SHAPE staying still", every colour and shape, read back
   by `vidiff.shapes.detect`; and how far apart the "circle" and "square" images of one seed are.

@@ -243,20 +243,16 @@ def draw(x0: torch.Tensor, cfg: Config, schedule: NoiseSchedule, g: torch.Genera
     t_cfg = cfg.train
     b, _, f = x0.shape[:3]
     drop = torch.rand(b, generator=g) < t_cfg.text_dropout
-    if video:
-        t = torch.randint(0, schedule.num_train_timesteps, (b, 1), generator=g).expand(b, f)
-    else:      # frames are independent images: one level each
-        t = torch.randint(0, schedule.num_train_timesteps, (b, f), generator=g)
-    if t_cfg.high_noise_fraction > 0:   # some clips (or frames) from the top tenth of the levels
-        T = schedule.num_train_timesteps
-        shape = (b, 1) if video else (b, f)                            # a video's frames share one level
-        top = torch.randint(T - T // 10, T, shape, generator=g).expand(b, f)
-        t = torch.where(torch.rand(shape, generator=g) < t_cfg.high_noise_fraction, top, t)
-    if t_cfg.level_band_fraction > 0:   # some from the middle band, where only the caption can decide the details
-        shape = (b, 1) if video else (b, f)
-        lo, hi = t_cfg.level_band[0], min(t_cfg.level_band[1], schedule.num_train_timesteps)
-        band = torch.randint(lo, max(hi, lo + 1), shape, generator=g).expand(b, f)
-        t = torch.where(torch.rand(shape, generator=g) < t_cfg.level_band_fraction, band, t)
+    T = schedule.num_train_timesteps
+    shape = (b, 1) if video else (b, f)            # a video's frames share one level; images have one each
+    t = torch.randint(0, T, shape, generator=g).expand(b, f)
+    # some clips (or images) from the top tenth, where a video's layout is chosen, and from the middle band,
+    # where an object's place shows in x_t and only the caption can decide its details
+    for (lo, hi), share in (((T - T // 10, T), t_cfg.high_noise_fraction),
+                            ((t_cfg.level_band[0], min(t_cfg.level_band[1], T)), t_cfg.level_band_fraction)):
+        if share > 0:
+            levels = torch.randint(lo, max(hi, lo + 1), shape, generator=g).expand(b, f)
+            t = torch.where(torch.rand(shape, generator=g) < share, levels, t)
     noise = torch.randn(x0.shape, generator=g)
     mask = torch.zeros(b, f)
     u = torch.rand(b, generator=g)
