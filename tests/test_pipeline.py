@@ -272,3 +272,18 @@ def test_first_frame_first_is_the_image_then_image_to_video(tmp_path):
     assert np.array_equal(pipe("a red circle", **kw).frames, video)
     with pytest.raises(ValueError, match="needs a model with frame_conditioning"):
         tiny_pipeline(frame_conditioning=False)("a red circle", first_frame_first=True, **kw)
+
+
+def test_min_frames_draws_short_videos_as_the_start_of_a_longer_window():
+    """defaults["min_frames"]: an image (and first_frame_first's frame 0) is frame 0 of a window that long."""
+    pipe = tiny_pipeline(frame_conditioning=True)
+    kw = dict(num_inference_steps=3, seed=7, progress=False)
+    alone = pipe("a red circle", num_frames=1, **kw).frames
+    pair = pipe("a red circle", num_frames=2, **kw).frames
+    pipe.defaults["min_frames"] = 2
+    image = pipe("a red circle", num_frames=1, **kw)
+    assert image.frames.shape[0] == 1 and image.settings["num_frames"] == 1
+    assert np.array_equal(image.frames, pair[:1]) and not np.array_equal(image.frames, alone)
+    assert np.array_equal(pipe("a red circle", num_frames=2, **kw).frames, pair)      # long enough: unchanged
+    video = pipe("a red circle", num_frames=4, first_frame_first=True, **kw).frames
+    assert np.array_equal(video[0], pair[0])
