@@ -1,6 +1,7 @@
 """Write the default model's card (vidiff/weights/shapes-64/README.md) from the recipe's own records.
 
     python examples/model_card.py runs/bench-shapes.json runs/recipe.log   # recipe.log: the tee of train_default_model.sh
+    python examples/model_card.py runs/bench-shapes.json --rates-from-logs --image-run R1 --video-run R2   # stages run apart
 
 Reads the bench result (`vidiff bench shapes --json`), the recipe's stage stamps, the two training
 logs and the two configs, so every figure in the card is one that was measured.
@@ -21,7 +22,10 @@ from vidiff.shapes import HOLDOUT, VOCAB  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("bench", help="JSON written by `vidiff bench shapes --json`")
-p.add_argument("recipe_log", help="stdout of examples/train_default_model.sh (its [recipe] stamps)")
+p.add_argument("recipe_log", nargs="?", default=None,
+               help="stdout of examples/train_default_model.sh (its [recipe] stamps); optional with --rates-from-logs")
+p.add_argument("--image-run", default=None, help="the image stage's output_dir, when not the config's")
+p.add_argument("--video-run", default=None, help="the video stage's output_dir, when not the config's")
 p.add_argument("--data-seconds", type=int, default=None,
                help="dataset time when the log reused an existing dataset (measured in an earlier run)")
 p.add_argument("--remark", default="", help="one paragraph added after the recipe times (e.g. what disturbed them)")
@@ -33,8 +37,13 @@ p.add_argument("--rates-from-logs", action="store_true",
 args = p.parse_args()
 
 res = json.loads(Path(args.bench).read_text())
-stamps = {m.group(1): int(m.group(2)) for m in re.finditer(r"\[recipe\] (.*) at \+(\d+)s", Path(args.recipe_log).read_text())}
+if args.recipe_log is None and not (args.rates_from_logs and args.data_seconds is not None):
+    p.error("without a recipe log, give --rates-from-logs and --data-seconds")
+log_text = Path(args.recipe_log).read_text() if args.recipe_log else ""
+stamps = {m.group(1): int(m.group(2)) for m in re.finditer(r"\[recipe\] (.*) at \+(\d+)s", log_text)}
 img_cfg, vid_cfg = load_config(ROOT / "configs/shapes-image.yaml"), load_config(ROOT / "configs/shapes-video.yaml")
+img_dir = args.image_run or img_cfg.train.output_dir
+vid_dir = args.video_run or vid_cfg.train.output_dir
 
 
 def last(log_dir):
@@ -42,25 +51,28 @@ def last(log_dir):
     return [r for r in rows if "loss" in r][-1]
 
 
-img, vid = last(img_cfg.train.output_dir), last(vid_cfg.train.output_dir)
+img, vid = last(img_dir), last(vid_dir)
 data_s = args.data_seconds if args.data_seconds is not None else stamps["dataset ready"]
-img_s = stamps["image stage done"] - stamps["dataset ready"]
-vid_s = stamps["video stage done"] - stamps["image stage done"]
 if args.rates_from_logs:
-    def undisturbed(cfg):
+    def undisturbed(cfg, run_dir):
         from statistics import median
 
-        rates = [json.loads(line)["clips_per_s"] for line in (ROOT / cfg.train.output_dir / "log.jsonl").read_text().splitlines()]
+        rates = [json.loads(line)["clips_per_s"] for line in (ROOT / run_dir / "log.jsonl").read_text().splitlines()]
         return round(cfg.train.steps * cfg.train.batch_size / median(rates))
-    img_s, vid_s = undisturbed(img_cfg), undisturbed(vid_cfg)
-    args.remark = (f"Stage times are steps x batch / the median throughput in the training logs: the stamped run "
-                   f"(image {stamps['image stage done'] - stamps['dataset ready']} s, video "
-                   f"{stamps['video stage done'] - stamps['image stage done']} s) was resumed and paused. " + args.remark)
+    img_s, vid_s = undisturbed(img_cfg, img_dir), undisturbed(vid_cfg, vid_dir)
+    stamped = (f"the stamped run (image {stamps['image stage done'] - stamps['dataset ready']} s, video "
+               f"{stamps['video stage done'] - stamps['image stage done']} s) was resumed and paused. "
+               if stamps else "the stages ran apart, and the runs were resumed and shared the CPU with other work. ")
+    args.remark = "Stage times are steps x batch / the median throughput in the training logs: " + stamped + args.remark
+else:
+    img_s = stamps["image stage done"] - stamps["dataset ready"]
+    vid_s = stamps["video stage done"] - stamps["image stage done"]
 total_min = (data_s + img_s + vid_s) / 60
 m, t, tv = img_cfg.model, img_cfg.text, vid_cfg.train
 reused = " (measured when the dataset was made; later runs reuse it)" if args.data_seconds is not None else ""
 holdout = "; ".join(" ".join(c) for c in HOLDOUT)
 t2v_seen, t2v_held, i2v = res["t2v"]["seen"], res["t2v"]["heldout"], res["i2v"]
+shipped = json.loads((DEFAULT_MODEL / "model_index.json").read_text())["vidiff"]["defaults"]
 
 card = f"""# shapes-64: vidiff's default model
 
@@ -81,7 +93,7 @@ inputs. It was trained by vidiff's own public recipe on a CPU, offline, from ran
   embeddings, random and frozen) over a word-level tokenizer. The schedule is DDPM linear betas with
   {dict(sample="x-prediction (the UNet outputs the clean frames, trained with the v loss)", v_prediction="v-prediction", epsilon="noise prediction")[img_cfg.schedule.get("prediction_type", "epsilon")]}; the video stage rescales its top to SNR {vid_cfg.schedule.get('terminal_snr', 'unchanged')} (`terminal_snr`, Lin et al. 2023), so
   the noise at the top no longer shows where the object is. The UNet weights are stored in float16.
-- **Defaults**: 16 frames, 64x64, 8 fps, guidance {res['guidance'] if res['guidance'] is not None else 'from model_index.json (5)'}, {res['steps']} DDIM steps.
+- **Defaults**: 16 frames, 64x64, 8 fps, guidance {res['guidance'] if res['guidance'] is not None else shipped['guidance_scale']}, {res['steps']} DDIM steps.
   Text-to-video is **first frame first**: the model makes frame 0 as an image (a one-frame video), then animates
   it with the same prompt through its image-to-video path (`first_frame_first`, stored in model_index.json;
   `vidiff generate --no-first-frame-first` samples all frames at once).
@@ -90,11 +102,14 @@ inputs. It was trained by vidiff's own public recipe on a CPU, offline, from ran
 1. `vidiff data shapes --out data/shapes --clips 2000 --seed 0`: 2000 clips of 24 frames, leaving out the 6 held-out
    combinations ({holdout}). Took {data_s} s{reused}.
 2. `vidiff train configs/shapes-image.yaml`: image stage, {img['step']} steps, batch {img_cfg.train.batch_size} single frames,
-   {img_cfg.train.mixed_precision} autocast, lr {img_cfg.train.lr:g} {img_cfg.train.lr_schedule}. Took {img_s} s.
+   {img_cfg.train.mixed_precision} autocast, lr {img_cfg.train.lr:g} {img_cfg.train.lr_schedule}, {img_cfg.train.level_band_fraction:.0%} of the
+   levels drawn from t = {img_cfg.train.level_band[0]}-{img_cfg.train.level_band[1]} (`level_band_fraction`: there x_t shows where the object is
+   but not its corners, so the shape word must decide them), loss weight capped at 1 / {img_cfg.train.loss_floor:g} (`loss_floor`). Took {img_s} s.
 3. `vidiff train configs/shapes-video.yaml`: inflates stage 1 and trains all weights for {vid['step']} steps, batch
    {tv.batch_size} × {vid_cfg.data.num_frames}-frame clips, lr {tv.lr:g} {tv.lr_schedule}, with frame-conditioning masks
    (first frame {tv.cond_first:.0%}, first k ≤ {tv.max_prefix} frames {tv.cond_prefix:.0%}, first + last {tv.cond_first_last:.0%}),
-   text dropout {tv.text_dropout:.0%}, and {tv.high_noise_fraction:.0%} of clips drawn from the top tenth of the noise levels. Took {vid_s} s.
+   text dropout {tv.text_dropout:.0%}, {tv.high_noise_fraction:.0%} of clips drawn from the top tenth of the noise levels and
+   {tv.level_band_fraction:.0%} from t = {tv.level_band[0]}-{tv.level_band[1]}. Took {vid_s} s.
 
 The whole recipe took **{total_min:.0f} minutes** on the 2-core CPU of the build machine (the limit is 150).
 {args.remark}
