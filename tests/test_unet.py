@@ -365,3 +365,21 @@ def test_frame_position_can_be_added_when_fine_tuning_a_video_model(tmp_path):
         assert (grown(x, t, ctx) - video(x, t, ctx)).abs().max() < 1e-6
     with pytest.raises(ValueError, match="do not fit"):
         _with_overrides(video, {"block_out_channels": [64, 64]})
+
+
+@pytest.mark.parametrize("d, dtype", [(8, torch.float32), (7, torch.float32), (8, torch.bfloat16)])
+def test_rope_turns_each_channel_pair_by_its_angle_and_depends_on_offsets_only(d, dtype):
+    from vidiff.layers import rope
+
+    x = torch.randn(3, 2, 5, d).to(dtype)
+    pos = torch.arange(5)
+    got = rope(x, pos).float()
+    xf, half = x.float(), d // 2
+    ang = pos[:, None] * 10000.0 ** (-torch.arange(0, 2 * half, 2) / d)[None]
+    x1, x2 = xf[..., 0:2 * half:2], xf[..., 1:2 * half:2]
+    assert torch.allclose(got[..., 0:2 * half:2], x1 * ang.cos() - x2 * ang.sin(), atol=2e-2 if dtype != torch.float32 else 1e-5)
+    assert torch.allclose(got[..., 1:2 * half:2], x1 * ang.sin() + x2 * ang.cos(), atol=2e-2 if dtype != torch.float32 else 1e-5)
+    assert torch.equal(got[..., 2 * half:], xf[..., 2 * half:])                  # an odd last channel is kept
+    q, k = torch.randn(1, d), torch.randn(1, d)                                   # <R_i q, R_j k> depends on i - j
+    dot = lambda i, j: (rope(q, torch.tensor([i])) * rope(k, torch.tensor([j]))).sum()
+    assert torch.allclose(dot(3, 1), dot(12, 10), atol=1e-5) and torch.allclose(dot(40, 40), (q * k).sum(), atol=1e-5)
