@@ -285,8 +285,8 @@ class VideoPipeline:
         to choose where it goes, which a frame-conditioned model learns far more easily.
 
         A model whose `defaults` set `min_frames` (the shortest window its temporal layers were trained on)
-        draws a shorter video, and the first frame of `first_frame_first`, as the first frames of a window
-        of that length: at one frame such a model's temporal layers are outside what they learned.
+        draws a shorter window (an image; `first_frame_first`'s frame 0) as the first frames of one that
+        long (`sample_window`): at one frame such a model's temporal layers are outside what they learned.
 
         `init_video` (`f h w 3` uint8 at the output size) with `strength` is video-to-video; see
         `video_to_video`, which also reads, resizes and keeps the frame rate of its input.
@@ -331,15 +331,10 @@ class VideoPipeline:
         ctx = self._text(prompt, negative_prompt, guidance_scale, f)
         run = dict(ctx=ctx, steps=num_inference_steps, guidance=guidance_scale, sampler=sampler, eta=eta,
                    generator=g, progress=progress, init=init, start=start)
-        # a model whose temporal layers never saw a window shorter than `min_frames` (its defaults) draws
-        # shorter videos, and first_frame_first's first frame, as the first frames of a window that long
-        k = max(1, int(self.defaults.get("min_frames", 1)))
         if first_frame_first and f > 1 and not given:
-            first = {**run, "ctx": ctx[:, :1].expand(-1, k, *ctx.shape[2:])} if ctx.ndim == 4 else run
-            given = {0: self._decode(sample_window(self, (*shape[:2], k, *shape[3:]), None, **first)[:, :, :1])[0]}
+            first = {**run, "ctx": ctx[:, :1]} if ctx.ndim == 4 else run
+            given = {0: self._decode(sample_window(self, (*shape[:2], 1, *shape[3:]), None, **first))[0]}
         known = self._encode_given(given or {}, f, h, w, b)
-        pad = max(0, k - f) if (mode == "all" and not given and init is None and latents is None and ctx.ndim != 4
-                                and isinstance(guidance_scale, (int, float))) else 0
         seams = None
         if mode == "fifo":
             frames = sample_fifo(self, shape, ctx, guidance_scale, g, progress, window=chunk, partitions=partitions,
@@ -347,10 +342,8 @@ class VideoPipeline:
         elif start == num_inference_steps:           # strength 0: the input, through the codec
             out = init
         else:
-            out, seams = sample_plan(self, mode, (*shape[:2], f + pad, *shape[3:]), known, run, chunk=chunk,
-                                     context=context, stride=stride, weighting=weighting, noise_type=noise_type,
-                                     noise=latents)
-            out = out[:, :, :f]
+            out, seams = sample_plan(self, mode, shape, known, run, chunk=chunk, context=context, stride=stride,
+                                     weighting=weighting, noise_type=noise_type, noise=latents)
         if output_type == "latent" and mode != "fifo":
             return out
         import vidiff

@@ -21,11 +21,20 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
 
     With `init` (clean latents of an input video), sampling starts at step `start` of the grid from
     `init` noised to that level (SDEdit; video-to-video), as diffusers' img2img pipelines do.
-    Returns the final latents in the codec's (variance-preserving) units, as diffusers does.
+    Returns the final latents in the codec's (variance-preserving) units, as diffusers does. A free window
+    shorter than the model's `min_frames` default is drawn as the start of one that long.
     """
     from tqdm.auto import tqdm
 
     b, _, f = shape[:3]
+    k = int(getattr(pipe, "defaults", {}).get("min_frames", 1))
+    if f < k and known is None and init is None and noise is None:
+        # the model's temporal layers never saw a window shorter than `min_frames` (its defaults): draw
+        # this one as the first frames of a window that long (per-frame texts: the last one repeats)
+        if ctx.ndim == 4:
+            ctx = torch.cat([ctx, ctx[:, -1:].expand(-1, k - f, *ctx.shape[2:])], 1)
+        return sample_window(pipe, (*shape[:2], k, *shape[3:]), None, ctx, steps, guidance, sampler, eta, generator,
+                             progress, offset)[:, :, :f]
     plan = pipe.schedule.plan(steps, sampler)
     if noise is None:
         noise = torch.randn(shape, generator=generator)
