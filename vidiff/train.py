@@ -448,13 +448,9 @@ def _save_lora(net, ema: dict, path: Path, cfg: Config) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: Config, progress: bool = True) -> dict:
-    """Train as `cfg` says (resuming when `output_dir` holds a checkpoint); returns a summary dict."""
+def _accelerator(t):
+    """The run's Accelerator, checked to span the processes it was launched as."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
-
-    check(cfg)
-    t = cfg.train
     from accelerate.state import AcceleratorState
 
     # accelerate keeps one global state per process; a second train() in the same process (tests,
@@ -467,6 +463,27 @@ def train(cfg: Config, progress: bool = True) -> dict:
                               cpu=t.cpu or (launched > 1 and not torch.cuda.is_available()))
     if accelerator.num_processes != launched:
         raise RuntimeError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}")
+    return accelerator
+
+
+@torch.no_grad()
+def _update_ema(ema: dict, trainable: list, decay: float, step: int) -> None:
+    """EMA of the trainable weights after `step` optimizer steps (warmed up); a copy when decay is 0."""
+    if decay:
+        decay = min(decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(ema.values()), [p.detach().float() for _, p in trainable], 1 - decay)
+    else:
+        for (n, p) in trainable:
+            ema[n].copy_(p.detach())
+
+
+def train(cfg: Config, progress: bool = True) -> dict:
+    """Train as `cfg` says (resuming when `output_dir` holds a checkpoint); returns a summary dict."""
+    from tqdm.auto import tqdm
+
+    check(cfg)
+    t = cfg.train
+    accelerator = _accelerator(t)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     out = Path(t.output_dir)
     ckpt_dir = out / "checkpoints"
@@ -563,13 +580,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
         step += 1
         state["samples"] += per_step
         state["image_samples"] = state.get("image_samples", 0) + t.image_batch_size * t.grad_accum * world
-        if t.ema_decay:
-            decay = min(t.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.values()), [p.detach().float() for _, p in trainable], 1 - decay)
-        else:
-            for (n, p) in trainable:
-                ema[n].copy_(p.detach())
+        _update_ema(ema, trainable, t.ema_decay, step)
         bar.update(1)
 
         if step % t.log_every == 0 or step == t.steps:
