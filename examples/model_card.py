@@ -73,6 +73,8 @@ reused = " (measured when the dataset was made; later runs reuse it)" if args.da
 holdout = "; ".join(" ".join(c) for c in HOLDOUT)
 t2v_seen, t2v_held, i2v = res["t2v"]["seen"], res["t2v"]["heldout"], res["i2v"]
 shipped = json.loads((DEFAULT_MODEL / "model_index.json").read_text())["vidiff"]["defaults"]
+min_frames_line = (f"  Shorter windows (an image, and first-frame-first's frame 0) are drawn as the first frames of a "
+                   f"{shipped['min_frames']}-frame window (`min_frames`).\n" if shipped.get("min_frames", 1) > 1 else "")
 
 card = f"""# shapes-64: vidiff's default model
 
@@ -97,7 +99,7 @@ inputs. It was trained by vidiff's own public recipe on a CPU, offline, from ran
   Text-to-video is **first frame first**: the model makes frame 0 as an image (a one-frame video), then animates
   it with the same prompt through its image-to-video path (`first_frame_first`, stored in model_index.json;
   `vidiff generate --no-first-frame-first` samples all frames at once).
-
+{min_frames_line}
 ## Recipe (`examples/train_default_model.sh`)
 1. `vidiff data shapes --out data/shapes --clips 2000 --seed 0`: 2000 clips of 24 frames, leaving out the 6 held-out
    combinations ({holdout}). Took {data_s} s{reused}.
