@@ -14,4 +14,4 @@ $VIDIFF train configs/shapes-image.yaml data.path="$DATA" --quiet
 stamp "image stage done"
 $VIDIFF train configs/shapes-video.yaml data.path="$DATA" --quiet
 stamp "video stage done"
-echo "[recipe] model: runs/shapes-video/model  (ship it: python examples/ship_default_model.py runs/shapes-video/model --guidance 2 --first-frame-first --steps 10 --min-frames 2)"
+echo "[recipe] model: runs/shapes-video/model  (ship it: python examples/ship_default_model.py runs/shapes-video/model; its sampling defaults come from the sample: section of configs/shapes-video.yaml)"

@@ -59,6 +59,26 @@ def test_tiny_training_lowers_the_loss(data, tmp_path):
     assert video.frames.shape == (4, 32, 32, 3)
 
 
+def test_sample_section_becomes_the_trained_models_defaults(data, tmp_path):
+    """`sample:` in a config (how the result samples) lands in its model_index.json; bad values are one line."""
+    from vidiff.pipeline import VideoPipeline
+
+    cfg = cfg_for(data, tmp_path, "train.steps=1", "train.checkpoint_every=1", "model.frame_conditioning=true",
+                  "sample.first_frame_first=true", "sample.min_frames=4", "sample.num_inference_steps=3",
+                  "sample.guidance_scale=2")
+    pipe = VideoPipeline.from_pretrained(train(cfg, progress=False)["model_dir"])
+    assert pipe.defaults == {"height": 32, "width": 32, "num_frames": 4, "fps": 8, "first_frame_first": True,
+                             "min_frames": 4, "num_inference_steps": 3, "guidance_scale": 2.0}
+    for bad, msg in (("sample.min_frames=0", "sample.min_frames must be >= 1, got 0"),
+                     ("sample.num_inference_steps=-2", "sample.num_inference_steps must be >= 0, got -2")):
+        with pytest.raises(ValueError, match=msg):
+            check(cfg_for(data, tmp_path, bad))
+    with pytest.raises(ValueError, match="sample.first_frame_first needs a video model with frame_conditioning"):
+        check(cfg_for(data, tmp_path, "train.stage=image", "sample.first_frame_first=true"))
+    with pytest.raises(ValueError, match="unknown config key sample.guidance"):
+        cfg_for(data, tmp_path, "sample.guidance=2")
+
+
 def test_image_stage_then_frozen_video_stage(data, tmp_path):
     image = train(cfg_for(data, tmp_path / "img", "train.stage=image", "data.num_frames=1", "train.steps=3",
                           "model.frame_conditioning=false", "train.cond_first=0", "train.cond_prefix=0",

@@ -88,6 +88,26 @@ class TrainConfig:
 
 
 @dataclass
+class SampleConfig:
+    """How the trained model samples by default (stored in its model_index.json as `defaults`)."""
+    first_frame_first: bool = False    # text-to-video draws frame 0, then animates it (needs frame_conditioning)
+    guidance_scale: float = 0.0        # 0: the pipeline's default
+    num_inference_steps: int = 0       # 0: the pipeline's default
+    min_frames: int = 1                # a shorter free window is drawn as the start of one this long
+
+    def defaults(self) -> dict:
+        """The settings that differ from the pipeline's own defaults."""
+        out = {"first_frame_first": True} if self.first_frame_first else {}
+        if self.guidance_scale:
+            out["guidance_scale"] = float(self.guidance_scale)
+        if self.num_inference_steps:
+            out["num_inference_steps"] = self.num_inference_steps
+        if self.min_frames > 1:
+            out["min_frames"] = self.min_frames
+        return out
+
+
+@dataclass
 class Config:
     model: dict = field(default_factory=dict)       # UNetConfig fields
     schedule: dict = field(default_factory=dict)    # NoiseSchedule fields (incl. prediction_type)
@@ -95,9 +115,10 @@ class Config:
     text: TextConfig = field(default_factory=TextConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
 
-SECTIONS = {"text": TextConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS = {"text": TextConfig, "data": DataConfig, "train": TrainConfig, "sample": SampleConfig}
 FREE_SECTIONS = ("model", "schedule", "codec")
 
 

@@ -178,6 +178,12 @@ def check(cfg: Config) -> None:
         raise ValueError(f"train.loss_floor must be in (0, 1], got {t.loss_floor}")
     if t.cond_first + t.cond_prefix + t.cond_first_last > 1:
         raise ValueError("train.cond_first + cond_prefix + cond_first_last must be <= 1")
+    smp = cfg.sample
+    if smp.first_frame_first and (t.stage == "image" or cfg.model.get("frame_conditioning") is False):
+        raise ValueError("sample.first_frame_first needs a video model with frame_conditioning")
+    for name, lo in (("guidance_scale", 0), ("num_inference_steps", 0), ("min_frames", 1)):
+        if getattr(smp, name) < lo:
+            raise ValueError(f"sample.{name} must be >= {lo}, got {getattr(smp, name)}")
     if t.image_batch_size < 0:
         raise ValueError(f"train.image_batch_size must be >= 0, got {t.image_batch_size}")
     if not d.path:
@@ -427,7 +433,8 @@ def _save_result(cfg: Config, net: UNet, ema: dict, text, schedule, codec, dest:
     final = UNet(net.config)
     final.load_state_dict({**net.state_dict(), **ema})
     final.config.gradient_checkpointing = False
-    defaults = {"height": d.height, "width": d.width, "num_frames": d.num_frames, "fps": d.fps or 8}
+    defaults = {"height": d.height, "width": d.width, "num_frames": d.num_frames, "fps": d.fps or 8,
+                **cfg.sample.defaults()}
     if t.teacher:
         from .folders import load_components
 
