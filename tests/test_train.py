@@ -70,7 +70,8 @@ def test_sample_section_becomes_the_trained_models_defaults(data, tmp_path):
     assert pipe.defaults == {"height": 32, "width": 32, "num_frames": 4, "fps": 8, "first_frame_first": True,
                              "min_frames": 4, "num_inference_steps": 3, "guidance_scale": 2.0}
     for bad, msg in (("sample.min_frames=0", "sample.min_frames must be >= 1, got 0"),
-                     ("sample.num_inference_steps=-2", "sample.num_inference_steps must be >= 0, got -2")):
+                     ("sample.num_inference_steps=-2", "sample.num_inference_steps must be >= 0, got -2"),
+                     ("sample.min_frames=5", r"sample.min_frames must be <= data.num_frames \(4, the window")):
         with pytest.raises(ValueError, match=msg):
             check(cfg_for(data, tmp_path, bad))
     with pytest.raises(ValueError, match="sample.first_frame_first needs a video model with frame_conditioning"):

@@ -184,6 +184,9 @@ def check(cfg: Config) -> None:
     for name, lo in (("guidance_scale", 0), ("num_inference_steps", 0), ("min_frames", 1)):
         if getattr(smp, name) < lo:
             raise ValueError(f"sample.{name} must be >= {lo}, got {getattr(smp, name)}")
+    if smp.min_frames > d.num_frames:
+        raise ValueError(f"sample.min_frames must be <= data.num_frames ({d.num_frames}, the window the model "
+                         f"learns), got {smp.min_frames}")
     if t.image_batch_size < 0:
         raise ValueError(f"train.image_batch_size must be >= 0, got {t.image_batch_size}")
     if not d.path:
