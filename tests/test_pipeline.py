@@ -287,3 +287,6 @@ def test_min_frames_draws_short_videos_as_the_start_of_a_longer_window():
     assert np.array_equal(pipe("a red circle", num_frames=2, **kw).frames, pair)      # long enough: unchanged
     video = pipe("a red circle", num_frames=4, first_frame_first=True, **kw).frames
     assert np.array_equal(video[0], pair[0])
+    pipe.defaults["min_frames"] = 16                                       # the memory estimate sees that window
+    assert pipe.estimate_memory(1, 32, 32) == pipe.estimate_memory(16, 32, 32) > pipe.estimate_memory(16, 32, 32,
+                                                                                                     "autoregressive", 8)

@@ -67,7 +67,9 @@ class RequestChecks:
     def estimate_memory(self, num_frames: int, height: int, width: int, mode: str = "all", chunk: int = 16,
                         guidance: bool = True) -> int:
         """Rough peak bytes of one generation: UNet activations of one window, the whole video's
-        latents and frames, VAE decoding, weights. Calibrated on shapes-64 (measured/estimate ~0.75)."""
+        latents and frames, VAE decoding, weights. Calibrated on shapes-64 (measured/estimate ~0.75).
+        A video shorter than the model's `min_frames` is sampled as a window that long (`sample_window`)."""
+        num_frames = max(num_frames, int(self.defaults.get("min_frames", 1)))
         r = self.codec.factor
         window = num_frames if mode in ("all", "windows") else min(chunk, num_frames)
         h, w = max(1, height // r), max(1, width // r)
