@@ -343,6 +343,38 @@ class Adapters:
         return self._saved is not None
 
 
+class PipelineLoras:
+    """A pipeline's LoRA methods (mixed into `VideoPipeline`): they act on its `unet` and `text_encoder`."""
+
+    @property
+    def adapters(self):
+        """The LoRAs loaded onto this pipeline (`vidiff.lora.Adapters`)."""
+        if getattr(self, "_adapters", None) is None:
+            self._adapters = Adapters({"unet": self.unet, "text_encoder": self.text_encoder.model})
+        return self._adapters
+
+    def load_lora(self, path: str | os.PathLike, scale: float = 1.0, name: str | None = None) -> str:
+        """Load a LoRA `.safetensors` (SD: diffusers or kohya layout; AnimateDiff motion LoRA: original or
+        diffusers layout; the v3 domain adapter) at `scale`; several combine. Returns its name."""
+        return self.adapters.load(path, scale, name)
+
+    def set_lora_scales(self, scales: dict) -> None:
+        """{name: scale} of the loaded LoRAs; one left out is off."""
+        self.adapters.set(scales)
+
+    def fuse_lora(self) -> None:
+        """Merge the active LoRAs into the weights (faster); `unfuse_lora` restores them bit for bit."""
+        self.adapters.fuse()
+
+    def unfuse_lora(self) -> None:
+        """Undo `fuse_lora` exactly."""
+        self.adapters.unfuse()
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Remove one LoRA (default: all)."""
+        self.adapters.unload(name)
+
+
 def _strip(model: nn.Module) -> None:
     """Put back the plain layer wherever a peft LoRA layer holds no adapter any more."""
     for path, layer in lora_layers(model):

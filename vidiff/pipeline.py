@@ -23,6 +23,7 @@ from einops import rearrange
 from .codec import PixelCodec, VaeCodec
 from .io import as_frames, fit_frame, read_video, write_video
 from .plans import sample_fifo, sample_plan, sample_window
+from .lora import PipelineLoras
 from .requests import RequestChecks
 from .schedule import NoiseSchedule
 from .text import TextEncoder
@@ -106,7 +107,7 @@ def travel(text_encoder, prompt, num_frames: int) -> torch.Tensor:
     return out
 
 
-class VideoPipeline(RequestChecks):
+class VideoPipeline(RequestChecks, PipelineLoras):
     """UNet + text encoder + noise schedule + codec, with the generation modes as methods."""
 
     def __init__(self, unet: UNet, text_encoder: TextEncoder, schedule: NoiseSchedule, codec=None,
@@ -344,37 +345,6 @@ class VideoPipeline(RequestChecks):
                    chunk=max(chunk, context + 1), context=context, fps=fps, **kwargs)
         out.frames[:len(frames)] = frames      # the input as it was (a VAE round trip is lossy)
         return out
-
-    # ---- adapters (vidiff/lora.py: peft LoRA layers on the UNet and text encoder) -------------
-    @property
-    def adapters(self):
-        """The LoRAs loaded onto this pipeline (`vidiff.lora.Adapters`)."""
-        if getattr(self, "_adapters", None) is None:
-            from .lora import Adapters
-
-            self._adapters = Adapters({"unet": self.unet, "text_encoder": self.text_encoder.model})
-        return self._adapters
-
-    def load_lora(self, path: str | os.PathLike, scale: float = 1.0, name: str | None = None) -> str:
-        """Load a LoRA `.safetensors` (SD: diffusers or kohya layout; AnimateDiff motion LoRA: original or
-        diffusers layout; the v3 domain adapter) at `scale`; several combine. Returns its name."""
-        return self.adapters.load(path, scale, name)
-
-    def set_lora_scales(self, scales: dict) -> None:
-        """{name: scale} of the loaded LoRAs; one left out is off."""
-        self.adapters.set(scales)
-
-    def fuse_lora(self) -> None:
-        """Merge the active LoRAs into the weights (faster); `unfuse_lora` restores them bit for bit."""
-        self.adapters.fuse()
-
-    def unfuse_lora(self) -> None:
-        """Undo `fuse_lora` exactly."""
-        self.adapters.unfuse()
-
-    def unload_lora(self, name: str | None = None) -> None:
-        """Remove one LoRA (default: all)."""
-        self.adapters.unload(name)
 
     # ---- internals ---------------------------------------------------------------------------
     def _text(self, prompt, negative_prompt, guidance_scale, num_frames: int = 1):
