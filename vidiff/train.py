@@ -487,6 +487,32 @@ def _update_ema(ema: dict, trainable: list, decay: float, step: int) -> None:
             ema[n].copy_(p.detach())
 
 
+def _objective(t, unet: UNet, schedule: NoiseSchedule, device):
+    """What a step minimises: the denoising loss, or (with `train.teacher`) distillation from the teacher."""
+    if not t.teacher:
+        return Objective(unet, schedule, t.loss_floor)
+    from .distill import DistillObjective
+    from .folders import load_components
+
+    teacher = load_components(t.teacher)[0].to(device)
+    return DistillObjective(unet, teacher, schedule, t.distill_steps)
+
+
+def _resume(ckpt_dir: Path, unet: UNet, ema: dict, optimizer, g: torch.Generator, accelerator) -> tuple[int, dict]:
+    """(step, state) from the latest complete checkpoint, loaded into the weights, EMA, optimizer and
+    generator; (0, a fresh state) when there is none."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    last = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+    if last is None:
+        return 0, {"samples": 0, "image_samples": 0, "runtime_skipped": []}
+    state = load_checkpoint(last, unet, ema, optimizer, g, rank)
+    accelerator.print(f"resuming from {last} (step {state['step']})")
+    if state.get("world", world) != world:
+        accelerator.print(f"note: {last} was written by {state['world']} processes, this run has {world}; "
+                          "training goes on, but only a resume on the same count is bit-exact")
+    return state["step"], state
+
+
 def train(cfg: Config, progress: bool = True) -> dict:
     """Train as `cfg` says (resuming when `output_dir` holds a checkpoint); returns a summary dict."""
     from tqdm.auto import tqdm
@@ -515,26 +541,9 @@ def train(cfg: Config, progress: bool = True) -> dict:
     per_step = t.batch_size * t.grad_accum * world          # samples of the global stream per step
     optimizer = torch.optim.AdamW([p for _, p in trainable], lr=t.lr, betas=tuple(t.adam_betas),
                                   weight_decay=t.weight_decay)
-    if t.teacher:
-        from .distill import DistillObjective
-        from .folders import load_components
-
-        teacher = load_components(t.teacher)[0].to(device)
-        objective = DistillObjective(unet, teacher, schedule, t.distill_steps)
-    else:
-        objective = Objective(unet, schedule, t.loss_floor)
-    objective, optimizer = accelerator.prepare(objective, optimizer)
+    objective, optimizer = accelerator.prepare(_objective(t, unet, schedule, device), optimizer)
     g = torch.Generator().manual_seed(t.seed * 1000 + rank)
-
-    step, state = 0, {"samples": 0, "image_samples": 0, "runtime_skipped": []}
-    last = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
-    if last is not None:
-        state = load_checkpoint(last, unet, ema, optimizer, g, rank)
-        step = state["step"]
-        accelerator.print(f"resuming from {last} (step {step})")
-        if state.get("world", world) != world:
-            accelerator.print(f"note: {last} was written by {state['world']} processes, this run has {world}; "
-                              "training goes on, but only a resume on the same count is bit-exact")
+    step, state = _resume(ckpt_dir, unet, ema, optimizer, g, accelerator)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
