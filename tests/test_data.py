@@ -162,6 +162,25 @@ def test_shapes_motion_matches_caption():
     assert (still == still[0]).all()
 
 
+def test_object_scale_sizes_the_shape_and_is_checked(tmp_path, capsys):
+    from vidiff.cli import main
+
+    areas = {}
+    for scale in (1.0, 1.6):
+        frames = render_clip("green", "square", "still", np.random.default_rng(5), scale=scale)
+        areas[scale] = ((frames[0, ..., 1] > 120) & (frames[0, ..., 0] < 120)).sum()
+    assert 1.6 ** 2 * 0.85 < areas[1.6] / areas[1.0] < 1.6 ** 2 * 1.15     # same draw, radius x 1.6
+    moving = render_clip("red", "circle", "right", np.random.default_rng(5), scale=2.0)
+    inside = (moving[..., 0] > 150) & (moving[..., 1] < 100)
+    assert inside[:, :, 0].sum() == 0 and inside[:, :, -1].sum() == 0     # the big object stays in frame
+    with pytest.raises(ValueError, match=r"object scale must be in \[0.5, 2\], got 3"):
+        render_clip("red", "circle", "left", np.random.default_rng(0), scale=3)
+    assert main(["data", "shapes", "--out", str(tmp_path / "d"), "--clips", "2", "--object-scale", "0.1"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "--object-scale must be in [0.5, 2], got 0.1" in err[0], err
+    assert not (tmp_path / "d").exists()
+
+
 def test_collate_merges_skips():
     items = [{"video": torch.zeros(3, 2, 4, 4), "caption": "x", "path": "p", "key": [0, 1], "skipped": ["b"]},
              {"video": torch.ones(3, 2, 4, 4), "caption": "y", "path": "q", "key": [1, 2], "skipped": ["a", "b"]}]

@@ -21,6 +21,30 @@ def test_detector_reads_every_rendered_combination():
     assert not wrong, wrong[:3]
 
 
+def test_detector_reads_big_objects_and_the_bench_draws_its_clips_at_that_size(capsys):
+    from vidiff.bench import shapes_benchmark
+
+    wrong = []                    # configs/small.yaml's data: objects 1.6x the default size, shorter travel
+    for i, combo in enumerate(itertools.product(COLORS, SHAPES, MOTIONS)):
+        got = detect(render_clip(*combo, np.random.default_rng([8, i]), scale=1.6)[::3])
+        if (got["color"], got["shape"], got["motion"]) != combo:
+            wrong.append((combo, got))
+    assert not wrong, wrong[:3]
+    sizes = []
+
+    class Recording(_Rendering):
+        def animate(self, image, prompt, **kw):
+            sizes.append(int((image.max(-1).astype(int) - image.min(-1) > 80).sum()))
+            return super().animate(image, prompt, **kw)
+
+    for scale in (1.0, 1.6):
+        shapes_benchmark(Recording(), seeds=1, i2v_clips=2, progress=False, object_scale=scale)
+    assert sizes[2] > 2 * sizes[0] and sizes[3] > 2 * sizes[1]           # same clips, area x ~2.6
+    assert main(["bench", "shapes", "--object-scale", "5"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "--object-scale must be in [0.5, 2], got 5" in err[0], err
+
+
 def test_detector_finds_nothing_on_a_grey_clip():
     assert detect(np.full((8, 64, 64, 3), 60, np.uint8))["found"] is False
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from conftest import tiny_model_config
 from vidiff.inflate import inflate
-from vidiff.layers import TemporalConv, resolve_backend, xformers_available
+from vidiff.layers import GroupNorm, TemporalConv, attention, resolve_backend, xformers_available
 from vidiff.unet import UNet, is_temporal_key
 
 CTX = 32
@@ -258,6 +258,30 @@ def test_attention_backends_agree_and_xformers_is_explicit():
             video(x, t, ctx)
     with pytest.raises(ValueError, match="attention_backend"):
         video.set_attention_backend("flash9")
+
+
+def test_cpu_fast_paths_match_the_reference_ops_forward_and_backward():
+    # GroupNorm of a channels-last map runs contiguously and comes back channels-last
+    ref, ours = torch.nn.GroupNorm(4, 16), GroupNorm(4, 16)
+    with torch.no_grad():
+        ref.weight.normal_(), ref.bias.normal_()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 16, 5, 7).contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ref(xa), ours(xb)
+    assert yb.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(yb, ya)
+    g = torch.randn_like(ya)
+    ya.backward(g), yb.backward(g)
+    torch.testing.assert_close(xb.grad, xa.grad)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
+    # bf16 attention over short sequences (8x8 maps, text) takes the matmul path: same result as SDPA
+    for n, m in ((64, 64), (64, 12), (16, 12)):
+        q, k, v = (torch.randn(2, 4, s, 32) for s in (n, m, m))
+        want = F.scaled_dot_product_attention(q, k, v)
+        got = attention(*(a.bfloat16() for a in (q, k, v)))
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.03)
 
 
 def test_top_level_inflate_and_mismatched_weights_are_value_errors(tmp_path):

@@ -349,12 +349,14 @@ def _mean_of(rows: list[dict], key: str) -> float | None:
 
 
 def shapes_benchmark(pipe, seeds: int = 3, steps: int | None = None, guidance: float | None = None, num_frames: int | None = None,
-                     i2v_clips: int = 12, progress: bool = True, sheet: str | os.PathLike | None = None) -> dict:
+                     i2v_clips: int = 12, progress: bool = True, sheet: str | os.PathLike | None = None,
+                     object_scale: float = 1.0) -> dict:
     """Generate the shapes prompts and read colour, shape and motion back from the pixels.
 
     Text-to-video is scored per attribute on seen and held-out combinations. Image-to-video
     animates first frames of freshly rendered dataset clips; continuation extends their first 8
-    frames. Both check the object keeps its colour and moves the prompted way.
+    frames. Both check the object keeps its colour and moves the prompted way. `object_scale` draws
+    those clips (and the rendered reference rows) at the object size the model was trained on.
     """
     import time
 
@@ -388,7 +390,8 @@ def shapes_benchmark(pipe, seeds: int = 3, steps: int | None = None, guidance: f
     i2v, ext = [], []
     for i in range(i2v_clips):
         combo = moving[i % len(moving)]
-        clip = render_clip(*combo, np.random.default_rng([1234, i]), size=pipe.defaults["width"], num_frames=num_frames)
+        clip = render_clip(*combo, np.random.default_rng([1234, i]), size=pipe.defaults["width"], num_frames=num_frames,
+                           scale=object_scale)
         want = dict(zip(("color", "shape", "motion"), combo))
         video = pipe.animate(clip[0], caption(*combo), seed=i, **kw)
         i2v.append({"prompt": caption(*combo), "want": want, "detected": detect(video.frames),
@@ -406,7 +409,7 @@ def shapes_benchmark(pipe, seeds: int = 3, steps: int | None = None, guidance: f
     for split, combo in jobs:
         for seed in range(seeds):
             clip = render_clip(*combo, np.random.default_rng([4321, seed]), size=pipe.defaults["width"],
-                               num_frames=num_frames)
+                               num_frames=num_frames, scale=object_scale)
             rendered.append({"split": split, "want": dict(zip(("color", "shape", "motion"), combo)),
                              "detected": detect(clip), "background_noise": background_noise(clip),
                              "flicker": M.temporal_flickering(clip).value})

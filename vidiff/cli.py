@@ -361,9 +361,11 @@ def _data_shapes(args: argparse.Namespace) -> None:
     motions = tuple(m.strip() for m in args.motions.split(",")) if args.motions else None
     out = make_shapes_dataset(args.out, clips=args.clips, seed=args.seed, size=args.size,
                               num_frames=args.frames, fps=args.fps, include_holdout=args.include_holdout,
-                              progress=not args.quiet, motions=motions, drift=args.drift)
+                              progress=not args.quiet, motions=motions, drift=args.drift,
+                              scale=args.object_scale)
     held = "included" if args.include_holdout else f"{len(HOLDOUT)} held-out combinations left out"
-    print(f"wrote {out}: {args.clips} clips ({args.frames} frames {args.size}x{args.size} at {args.fps:g} fps), "
+    scale = f", objects x{args.object_scale:g}" if args.object_scale != 1 else ""
+    print(f"wrote {out}: {args.clips} clips ({args.frames} frames {args.size}x{args.size} at {args.fps:g} fps{scale}), "
           f"metadata.jsonl; {held}; {time.perf_counter() - t0:.1f}s")
 
 
@@ -556,6 +558,8 @@ def _training_parsers(sub) -> None:
     sh.add_argument("--motions", default=None, help="only these motions, e.g. left,right,still")
     sh.add_argument("--drift", type=float, default=0.0,
                     help="add an unnamed downward motion of this fraction of the frame (left/right/still clips)")
+    sh.add_argument("--object-scale", type=float, default=1.0,
+                    help="object size: radius 0.14-0.19 of the frame times this (0.5-2; default 1)")
     sh.add_argument("--quiet", action="store_true", help="no progress bar")
     sh.set_defaults(run=_data_shapes)
 

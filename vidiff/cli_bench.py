@@ -92,6 +92,8 @@ def _bench_shapes(args: argparse.Namespace) -> None:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if not 0.5 <= args.object_scale <= 2:
+        raise UsageError(f"--object-scale must be in [0.5, 2], got {args.object_scale}")
     import torch
 
     from .bench import shapes_benchmark, shapes_table, write_json
@@ -100,7 +102,8 @@ def _bench_shapes(args: argparse.Namespace) -> None:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     pipe = VideoPipeline.from_pretrained(args.model, dtype=dtype)
     result = shapes_benchmark(pipe, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
-                              i2v_clips=args.i2v_clips, progress=not args.quiet, sheet=args.sheet)
+                              i2v_clips=args.i2v_clips, progress=not args.quiet, sheet=args.sheet,
+                              object_scale=args.object_scale)
     print(f"model {result['model']}: {result['steps']} steps, guidance {pipe.defaults.get('guidance_scale', 7.5) if args.guidance is None else args.guidance}, "
           f"{args.seeds} seeds, {result['seconds_per_t2v_video']:.1f} s per {pipe.defaults['num_frames']}-frame video "
           f"({args.dtype})")
@@ -144,6 +147,9 @@ def bench_parsers(sub) -> None:
     shp.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, else 25)")
     shp.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     shp.add_argument("--i2v-clips", type=int, default=12, help="dataset clips animated / extended (default 12)")
+    shp.add_argument("--object-scale", type=float, default=1.0,
+                     help="object size of the clips animated / extended, as `vidiff data shapes --object-scale` "
+                          "(default 1; configs/small.yaml: 1.6)")
     shp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     shp.add_argument("--json", default=None, help="write the full result (every video) to this .json")
     shp.add_argument("--sheet", default=None, help="write a contact sheet of generated videos to this .png")

@@ -18,6 +18,23 @@ from torch import nn
 ATTENTION_BACKENDS = ("sdpa", "xformers", "math", "auto")
 
 
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that normalises a channels-last map in the contiguous layout and hands it back channels-last.
+
+    torch's CPU GroupNorm on channels-last input is 3x (fp32) to 6x (bf16) slower than on the same map
+    stored contiguously, forward and backward, so the two layout copies pay: a bf16 training step runs
+    ~1.2x (default model) to ~1.4x (narrow model) faster. Same parameters, same state-dict keys.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: `n c h w` (any layout) -> same layout."""
+        if x.dim() == 4 and x.device.type == "cpu" and not x.is_contiguous() \
+                and x.is_contiguous(memory_format=torch.channels_last):
+            y = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+            return y.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
 def xformers_available() -> bool:
     """True when xformers can be imported."""
     try:
@@ -46,11 +63,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
     """Multi-head attention over `b heads n d` tensors through the chosen backend."""
     if backend == "sdpa":
-        if q.dtype == torch.float32 and q.device.type == "cpu" and max(q.shape[-2], k.shape[-2]) <= 32:
-            # short sequences (attention over frames): three batched matmuls beat the flash kernel's
-            # per-block overhead on CPU (~1.3x at 16 frames), with the same fp32 result to ~1e-6
+        n = max(q.shape[-2], k.shape[-2])
+        if q.device.type == "cpu" and (n <= 32 if q.dtype == torch.float32 else n <= 128):
+            # short sequences (frames; 8x8 maps): three batched matmuls beat the flash kernel's per-block
+            # overhead on CPU: ~1.3x at 16 frames in fp32, and in bf16 training 2.5-5x forward+backward
+            # at 64 tokens. The softmax runs in fp32, as the flash kernel's accumulation does.
             w = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
-            return torch.matmul(w.softmax(dim=-1), v)
+            return torch.matmul(w.float().softmax(dim=-1).to(v.dtype), v)
         return F.scaled_dot_product_attention(q, k, v)
     if backend == "math":
         w = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
@@ -102,10 +121,10 @@ class ResBlock(nn.Module):
                  dropout: float = 0.0, scale_shift: bool = False):
         super().__init__()
         self.scale_shift = scale_shift
-        self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
+        self.norm1 = GroupNorm(groups, cin, eps=eps)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_dim, 2 * cout if scale_shift else cout)
-        self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
+        self.norm2 = GroupNorm(groups, cout, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
@@ -229,7 +248,7 @@ class SpatialTransformer(nn.Module):
                  linear_projection: bool = False, dropout: float = 0.0):
         super().__init__()
         self.linear_projection = linear_projection
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.norm = GroupNorm(groups, channels, eps=1e-6)
         proj = (lambda: nn.Linear(channels, channels)) if linear_projection else (lambda: nn.Conv2d(channels, channels, 1))
         self.proj_in = proj()
         self.transformer_blocks = nn.ModuleList(
@@ -293,7 +312,7 @@ class TemporalConv(nn.Module):
 
     def __init__(self, channels: int, groups: int = 32, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.norm = GroupNorm(groups, channels, eps=eps)
         # Output channel blocks [0:c], [c:2c], [2c:3c] apply to frames f-1, f, f+1.
         self.conv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
         self.bias = nn.Parameter(torch.zeros(channels))
@@ -388,7 +407,7 @@ class TemporalAttention(nn.Module):
     def __init__(self, channels: int, heads: int, groups: int = 32):
         super().__init__()
         self.heads = heads
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.norm = GroupNorm(groups, channels, eps=1e-6)
         self.to_qkv = nn.Linear(channels, 3 * channels, bias=False)
         self.to_out = nn.Linear(channels, channels)
         nn.init.zeros_(self.to_out.weight)

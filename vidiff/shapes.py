@@ -68,15 +68,18 @@ def _distance(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, 
 
 
 def render_clip(color: str, shape: str, motion: str, rng: np.random.Generator, size: int = 64,
-                num_frames: int = 24, drift: float = 0.0) -> np.ndarray:
+                num_frames: int = 24, drift: float = 0.0, scale: float = 1.0) -> np.ndarray:
     """Draw one clip as `f h w 3` uint8 (anti-aliased edges, sub-pixel motion).
 
+    The object's radius is 0.14-0.19 of the frame times `scale` (0.5-2; the travel shrinks as it grows).
     `drift` adds a steady downward motion of that fraction of the frame over the clip (negative: upward),
     for left / right / still clips: a motion the captions do not name (what a motion LoRA learns).
     """
     if color not in COLORS or shape not in SHAPES or motion not in MOTIONS:
         raise ValueError(f"unknown combination {(color, shape, motion)}; colours {list(COLORS)}, "
                          f"shapes {list(SHAPES)}, motions {list(MOTIONS)}")
+    if not 0.5 <= scale <= 2.0:
+        raise ValueError(f"object scale must be in [0.5, 2], got {scale}")
     if drift and (motion in ("up", "down") or not -0.5 <= drift <= 0.5):
         raise ValueError(f"drift goes with left / right / still clips and |drift| <= 0.5, got {drift} with {motion!r}")
     # background: a dark grey with a faint low-frequency texture, fixed over the clip
@@ -85,7 +88,7 @@ def render_clip(color: str, shape: str, motion: str, rng: np.random.Generator, s
     texture = np.kron(coarse, np.ones((8, 8, 1)))[:size, :size]
     background = base + texture
 
-    r = size * rng.uniform(0.14, 0.19)
+    r = size * rng.uniform(0.14, 0.19) * scale
     lo, hi = r + 1, size - r - 1                                   # centre keeps the shape inside
     travel = (hi - lo) * rng.uniform(0.6, 0.95) if motion != "still" else 0.0
     start = rng.uniform(lo, hi - travel)
@@ -116,10 +119,12 @@ def clip_spec(index: int, seed: int = 0, include_holdout: bool = False) -> tuple
 
 def make_shapes_dataset(out: str | os.PathLike, clips: int = 1000, seed: int = 0, size: int = 64,
                         num_frames: int = 24, fps: float = 8.0, include_holdout: bool = False,
-                        progress: bool = True, motions: tuple | None = None, drift: float = 0.0) -> Path:
+                        progress: bool = True, motions: tuple | None = None, drift: float = 0.0,
+                        scale: float = 1.0) -> Path:
     """Write `clips` MP4s under `out/clips/` and `out/metadata.jsonl`; deterministic for `seed`.
 
-    `motions` keeps only those motions; `drift` adds an unnamed downward motion (see `render_clip`).
+    `motions` keeps only those motions; `drift` adds an unnamed downward motion and `scale` sizes the
+    object (see `render_clip`).
     """
     from tqdm.auto import tqdm
 
@@ -131,6 +136,8 @@ def make_shapes_dataset(out: str | os.PathLike, clips: int = 1000, seed: int = 0
         raise ValueError(f"size must be an even number >= 16, got {size}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if not 0.5 <= scale <= 2.0:
+        raise ValueError(f"--object-scale must be in [0.5, 2], got {scale}")
     out = Path(out)
     if (out / "metadata.jsonl").exists():
         raise ValueError(f"{str(out)!r} already holds a dataset (metadata.jsonl); choose another --out")
@@ -151,7 +158,8 @@ def make_shapes_dataset(out: str | os.PathLike, clips: int = 1000, seed: int = 0
         for i in tqdm(range(clips), desc="shapes", disable=not progress):
             color, shape, motion = clip_spec(i, seed, include_holdout) if motions is None else \
                 combos[np.random.default_rng([seed, 2**31 - 1]).permutation(len(combos))[i % len(combos)]]
-            frames = render_clip(color, shape, motion, np.random.default_rng([seed, i]), size, num_frames, drift)
+            frames = render_clip(color, shape, motion, np.random.default_rng([seed, i]), size, num_frames, drift,
+                                 scale)
             rel = f"clips/{i:06d}.mp4"
             write_video(frames, out / rel, fps=fps, quality=12)
             rows.append({"path": rel, "caption": caption(color, shape, motion), "fps": fps,

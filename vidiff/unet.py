@@ -21,8 +21,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (ATTENTION_BACKENDS, Downsample, ResBlock, SpatialTransformer, TimestepEmbedding, Upsample,
-                     resolve_backend, timestep_embedding)
+from .layers import (ATTENTION_BACKENDS, Downsample, GroupNorm, ResBlock, SpatialTransformer, TimestepEmbedding,
+                     Upsample, resolve_backend, timestep_embedding)
 from .temporal import build_stem, get_family
 
 CONFIG_NAME = "config.json"
@@ -247,7 +247,7 @@ class UNet(nn.Module):
                                         temb_dim, "up" if level > 0 else None))
             cprev = c
 
-        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
+        self.conv_norm_out = GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
         self.set_attention_backend(cfg.attention_backend)
