@@ -47,6 +47,7 @@ def server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow                          # a server process and a real browser: ~11 s
 def test_browser_generates_shows_history_and_errors(server, tmp_path):
     if CHROMIUM is None:
         if os.environ.get("CI"):
@@ -89,6 +90,7 @@ def test_browser_generates_shows_history_and_errors(server, tmp_path):
     assert len(sidecars) >= 1 and all((root / "outputs" / (p.stem + ".mp4")).exists() for p in sidecars)
 
 
+@pytest.mark.slow                          # a server process driven over HTTP: ~10 s
 def test_gradio_client_drives_the_same_app(server):
     client_mod = pytest.importorskip("gradio_client")
     url, root = server
