@@ -80,6 +80,28 @@ def test_sample_section_becomes_the_trained_models_defaults(data, tmp_path):
         cfg_for(data, tmp_path, "sample.guidance=2")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stages", [("small-image.yaml", "small.yaml"), ("shapes-image.yaml", "shapes-video.yaml")],
+                         ids=["small", "default"])
+def test_shipped_two_stage_recipes_run_end_to_end(tmp_path, stages):
+    """Each shipped recipe's stage 1 feeds its stage 2 as written (2 steps each on a few clips), and the
+    result samples with the recipe's `sample:` defaults."""
+    from vidiff.pipeline import VideoPipeline
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    clips = make_shapes_dataset(tmp_path / "d", clips=4, num_frames=24, progress=False, scale=1.6)
+    quick = [f"data.path={clips}", "data.num_workers=0", "train.steps=2", "train.batch_size=2",
+             "train.checkpoint_every=1000", "train.log_every=1"]
+    image = train(load_config(root / stages[0], [*quick, f"train.output_dir={tmp_path / 'image'}"]), progress=False)
+    video_cfg = load_config(root / stages[1], [*quick, f"train.output_dir={tmp_path / 'video'}",
+                                               f"train.init={image['model_dir']}"])
+    pipe = VideoPipeline.from_pretrained(train(video_cfg, progress=False)["model_dir"])
+    assert pipe.unet.config.temporal and pipe.unet.config.frame_conditioning
+    assert {k: pipe.defaults[k] for k in video_cfg.sample.defaults()} == video_cfg.sample.defaults()
+    video = pipe("a red circle moving right", num_inference_steps=2, seed=0, progress=False)
+    assert video.frames.shape == (video_cfg.data.num_frames, 64, 64, 3)
+
+
 def test_image_stage_then_frozen_video_stage(data, tmp_path):
     image = train(cfg_for(data, tmp_path / "img", "train.stage=image", "data.num_frames=1", "train.steps=3",
                           "model.frame_conditioning=false", "train.cond_first=0", "train.cond_prefix=0",
