@@ -173,7 +173,7 @@ def test_object_scale_sizes_the_shape_and_is_checked(tmp_path, capsys):
     moving = render_clip("red", "circle", "right", np.random.default_rng(5), scale=2.0)
     inside = (moving[..., 0] > 150) & (moving[..., 1] < 100)
     assert inside[:, :, 0].sum() == 0 and inside[:, :, -1].sum() == 0     # the big object stays in frame
-    with pytest.raises(ValueError, match=r"object scale must be in \[0.5, 2\], got 3"):
+    with pytest.raises(ValueError, match=r"--object-scale must be in \[0.5, 2\], got 3"):
         render_clip("red", "circle", "left", np.random.default_rng(0), scale=3)
     assert main(["data", "shapes", "--out", str(tmp_path / "d"), "--clips", "2", "--object-scale", "0.1"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

@@ -362,8 +362,9 @@ def shapes_benchmark(pipe, seeds: int = 3, steps: int | None = None, guidance: f
 
     from tqdm.auto import tqdm
 
-    from .shapes import background_noise, caption, detect, render_clip
+    from .shapes import background_noise, caption, check_object_scale, detect, render_clip
 
+    check_object_scale(object_scale)                  # before minutes of sampling
     seen, held = shapes_prompts()
     num_frames = num_frames or pipe.defaults["num_frames"]        # the model's own clip length
     steps = steps or int(pipe.defaults.get("num_inference_steps", 25))

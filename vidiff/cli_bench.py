@@ -92,8 +92,6 @@ def _bench_shapes(args: argparse.Namespace) -> None:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    if not 0.5 <= args.object_scale <= 2:
-        raise UsageError(f"--object-scale must be in [0.5, 2], got {args.object_scale}")
     import torch
 
     from .bench import shapes_benchmark, shapes_table, write_json

@@ -42,6 +42,15 @@ HOLDOUT = (
     ("purple", "square", "left"),
 )
 VOCAB = ("a", "moving", "staying", *COLORS, *SHAPES, *MOTIONS)
+OBJECT_SCALES = (0.5, 2.0)     # object radius: 0.14-0.19 of the frame times this; beyond 2 there is no room to move
+
+
+def check_object_scale(scale: float) -> float:
+    """`scale` if it is in OBJECT_SCALES, else a one-line ValueError naming it (`--object-scale`)."""
+    lo, hi = OBJECT_SCALES
+    if not lo <= scale <= hi:
+        raise ValueError(f"--object-scale must be in [{lo:g}, {hi:g}], got {scale:g}")
+    return scale
 
 
 def caption(color: str, shape: str, motion: str) -> str:
@@ -78,8 +87,7 @@ def render_clip(color: str, shape: str, motion: str, rng: np.random.Generator, s
     if color not in COLORS or shape not in SHAPES or motion not in MOTIONS:
         raise ValueError(f"unknown combination {(color, shape, motion)}; colours {list(COLORS)}, "
                          f"shapes {list(SHAPES)}, motions {list(MOTIONS)}")
-    if not 0.5 <= scale <= 2.0:
-        raise ValueError(f"object scale must be in [0.5, 2], got {scale}")
+    check_object_scale(scale)
     if drift and (motion in ("up", "down") or not -0.5 <= drift <= 0.5):
         raise ValueError(f"drift goes with left / right / still clips and |drift| <= 0.5, got {drift} with {motion!r}")
     # background: a dark grey with a faint low-frequency texture, fixed over the clip
@@ -136,8 +144,7 @@ def make_shapes_dataset(out: str | os.PathLike, clips: int = 1000, seed: int = 0
         raise ValueError(f"size must be an even number >= 16, got {size}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if not 0.5 <= scale <= 2.0:
-        raise ValueError(f"--object-scale must be in [0.5, 2], got {scale}")
+    check_object_scale(scale)                         # before anything is written
     out = Path(out)
     if (out / "metadata.jsonl").exists():
         raise ValueError(f"{str(out)!r} already holds a dataset (metadata.jsonl); choose another --out")
