@@ -17,7 +17,8 @@ import warnings
 import torch
 
 from vidiff import testing
-from vidiff.convert import config_from_motion_unet, config_from_unet3d, load_state
+from vidiff.convert import config_from_motion_unet, config_from_unet3d
+from vidiff.unet import load_weights
 from vidiff.unet import UNet
 
 from unet_speed import timed_all      # noqa: E402  (benchmarks/ is on sys.path when run as a script)
@@ -41,8 +42,8 @@ def build():
         down_block_types=[b + "3D" for b in down], up_block_types=[b + "3D" for b in up],
         attention_head_dim=WIDTHS[0] // HEADS, **common), 0.02)
     return {
-        "animatediff": (motion, load_state(UNet(config_from_motion_unet(dict(motion.config))), motion.state_dict()).eval(), True),
-        "modelscope": (unet3d, load_state(UNet(config_from_unet3d(dict(unet3d.config))), unet3d.state_dict()).eval(), False),
+        "animatediff": (motion, load_weights(config_from_motion_unet(dict(motion.config)), motion.state_dict()).eval(), True),
+        "modelscope": (unet3d, load_weights(config_from_unet3d(dict(unet3d.config)), unet3d.state_dict()).eval(), False),
     }
 
 

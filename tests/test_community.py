@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from vidiff import testing
-from vidiff.convert import (adapter_overrides, config_from_motion_unet, config_from_unet3d, load_state,
+from vidiff.convert import (adapter_overrides, config_from_motion_unet, config_from_unet3d,
                             read_motion_adapter)
 from vidiff.inflate import config_from_diffusers
 from vidiff.pipeline import VideoPipeline
-from vidiff.unet import UNet, UNetConfig
+from vidiff.unet import UNet, UNetConfig, load_weights
 
 diffusers = pytest.importorskip("diffusers")
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -28,7 +28,7 @@ def rel(a, b):
 def test_animatediff_unet_matches_unet_motion_model(style):
     mid, seq = {"v1": (False, 24), "v2": (True, 32), "v3": (False, 32)}[style]
     ref = diffusers.UNetMotionModel.from_unet2d(testing.tiny_unet2d(), testing.tiny_motion_adapter(mid=mid, max_seq=seq)).eval()
-    ours = load_state(UNet(config_from_motion_unet(dict(ref.config))), ref.state_dict()).eval()
+    ours = load_weights(config_from_motion_unet(dict(ref.config)), ref.state_dict()).eval()
     assert ours.config.temporal_family == "animatediff" and ours.config.motion_max_seq_length == seq
     for f in (2, 8, 16):
         x, t, ctx = torch.randn(2, 4, f, 16, 16), torch.tensor([10, 700]), torch.randn(2, 5, 8)
@@ -38,7 +38,7 @@ def test_animatediff_unet_matches_unet_motion_model(style):
 
 def test_modelscope_unet_matches_unet3d():
     ref = testing.tiny_unet3d()
-    ours = load_state(UNet(config_from_unet3d(dict(ref.config))), ref.state_dict()).eval()
+    ours = load_weights(config_from_unet3d(dict(ref.config)), ref.state_dict()).eval()
     for f in (2, 8, 16):
         x, t, ctx = torch.randn(2, 4, f, 16, 16), torch.tensor([10, 700]), torch.randn(2, 5, 8)
         with torch.no_grad():
@@ -48,7 +48,7 @@ def test_modelscope_unet_matches_unet3d():
 def test_one_frame_is_the_image_model_in_every_family():
     image = testing.tiny_unet2d()
     motion = diffusers.UNetMotionModel.from_unet2d(image, testing.tiny_motion_adapter())
-    ours = load_state(UNet(config_from_motion_unet(dict(motion.config))), motion.state_dict()).eval()
+    ours = load_weights(config_from_motion_unet(dict(motion.config)), motion.state_dict()).eval()
     x, t, ctx = torch.randn(2, 4, 1, 16, 16), torch.tensor([3, 900]), torch.randn(2, 5, 8)
     with torch.no_grad():
         assert rel(ours(x, t, ctx)[:, :, 0], image(x[:, :, 0], t, ctx).sample) <= 1e-5

@@ -50,6 +50,10 @@ class PixelCodec:
         """Nothing to move."""
         return self
 
+    def safe_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """Any precision is safe for an identity."""
+        return dtype
+
 
 class VaeCodec:
     """diffusers AutoencoderKL, run on `chunk` frames at a time."""
@@ -63,13 +67,17 @@ class VaeCodec:
         self.channels = vae.config.latent_channels
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, chunk: int = 8) -> "VaeCodec":
-        """Load `vae/` (safetensors only) with diffusers."""
+    def from_pretrained(cls, path: str | os.PathLike, chunk: int = 8, variant: str | None = None) -> "VaeCodec":
+        """Load `vae/` (safetensors only; `variant="fp16"` reads `*.fp16.safetensors`) with diffusers."""
         try:
             from diffusers import AutoencoderKL
         except ImportError:
             raise ValueError("this model has a VAE: install the [sd] extra (pip install 'vidiff[sd]')") from None
-        return cls(AutoencoderKL.from_pretrained(Path(path), local_files_only=True, use_safetensors=True), chunk)
+        from .hub import folder_variant
+
+        vae = AutoencoderKL.from_pretrained(Path(path), local_files_only=True, use_safetensors=True,
+                                            variant=folder_variant(path, variant))
+        return cls(vae.float(), chunk)
 
     def config(self) -> dict:
         """What model_index.json stores."""
@@ -84,14 +92,14 @@ class VaeCodec:
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Pixels -> scaled latent means."""
-        dtype = next(self.vae.parameters()).dtype
+        dtype = self.vae.dtype
         return self._frames(lambda v: self.vae.encode(v.to(dtype)).latent_dist.mean * self.scaling, video)
 
     @torch.no_grad()
     def encode_sample(self, video: torch.Tensor, generator: torch.Generator | None, chunk: int = 16) -> torch.Tensor:
         """Pixels -> scaled latents drawn from the VAE's posterior with `generator`, video by video in
         `chunk`-frame calls (the order diffusers' video-to-video pipelines draw them in)."""
-        dtype = next(self.vae.parameters()).dtype
+        dtype = self.vae.dtype
         out = []
         for vid in rearrange(video, "b c f h w -> b f c h w"):
             parts = [self.vae.encode(vid[i:i + chunk].to(dtype)).latent_dist.sample(generator)
@@ -100,18 +108,26 @@ class VaeCodec:
         return rearrange(torch.stack(out), "b f c h w -> b c f h w")
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> pixels, `chunk` frames at a time."""
-        dtype = next(self.vae.parameters()).dtype
-        return self._frames(lambda z: self.vae.decode((z / self.scaling).to(dtype)).sample.float(), latents)
+    def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Scaled latents -> pixels, `chunk` (default: the codec's) frames at a time."""
+        dtype = self.vae.dtype
+        saved, self.chunk = self.chunk, chunk or self.chunk
+        try:
+            return self._frames(lambda z: self.vae.decode((z / self.scaling).to(dtype)).sample.float(), latents)
+        finally:
+            self.chunk = saved
 
     def to(self, device=None, dtype=None) -> "VaeCodec":
         """Move the VAE."""
         self.vae.to(device=device, dtype=dtype)
         return self
 
+    def safe_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """`dtype`, or float32 where the VAE overflows in float16 (its config's `force_upcast`, as diffusers reads it)."""
+        return torch.float32 if dtype == torch.float16 and self.vae.config.get("force_upcast", True) else dtype
 
-def load_codec(cfg: dict | None = None, folder: str | os.PathLike | None = None):
+
+def load_codec(cfg: dict | None = None, folder: str | os.PathLike | None = None, variant: str | None = None):
     """A codec from its config (`{"type": "pixel", "factor": 2}` or `{"type": "vae", "path": DIR}`).
 
     With no config, a model `folder` decides: its `vae/` if it has one, else pixels.
@@ -131,4 +147,4 @@ def load_codec(cfg: dict | None = None, folder: str | os.PathLike | None = None)
     path = cfg.get("path") or (Path(folder) / "vae" if folder is not None else None)
     if path is None or not Path(path).is_dir():
         raise FileNotFoundError(f"VAE folder {str(path)!r} does not exist (set codec.path)")
-    return VaeCodec.from_pretrained(path, int(cfg.get("chunk", 8)))
+    return VaeCodec.from_pretrained(path, int(cfg.get("chunk", 8)), variant)

@@ -16,8 +16,10 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from .inflate import _read_safetensors, config_from_diffusers, load_image_unet
-from .unet import CONFIG_NAME, WEIGHTS_NAME, UNet, UNetConfig, _atomic
+import torch
+
+from .inflate import _read_safetensors, config_from_diffusers, image_unet_parts, load_image_unet
+from .unet import CONFIG_NAME, WEIGHTS_NAME, UNet, UNetConfig, _atomic, load_weights
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 MOTION_DOWN = {"CrossAttnDownBlockMotion": "CrossAttnDownBlock2D", "DownBlockMotion": "DownBlock2D"}
@@ -121,7 +123,7 @@ def adapter_config_from_state_dict(sd: dict, original: dict | None = None) -> di
             "conv_in_channels": None}
 
 
-def read_motion_adapter(path: str | os.PathLike) -> tuple[dict, dict]:
+def read_motion_adapter(path: str | os.PathLike, variant: str | None = None) -> tuple[dict, dict]:
     """(MotionAdapter config, diffusers-layout state dict) from a MotionAdapter folder or a .safetensors file.
 
     A file may be in the original AnimateDiff layout (v1, v2, v3, Lightning's ComfyUI file) or in
@@ -140,7 +142,7 @@ def read_motion_adapter(path: str | os.PathLike) -> tuple[dict, dict]:
         cfg = json.loads(cfg_file.read_text())
         if cfg.get("_class_name") not in (None, "MotionAdapter"):
             raise ValueError(f"{cfg_file}: _class_name={cfg.get('_class_name')!r}, expected 'MotionAdapter'")
-        sd = _read_safetensors(path)
+        sd = _read_safetensors(path, variant)
         if cfg.get("conv_in_channels"):
             raise ValueError(f"{path}: conv_in_channels={cfg['conv_in_channels']} (PIA) is not supported")
         return cfg, sd
@@ -177,36 +179,26 @@ def adapter_overrides(adapter: dict, base: UNetConfig) -> dict:
             "motion_mid_block": bool(adapter.get("use_motion_mid_block", True))}
 
 
-def load_state(model: UNet, sd: dict) -> UNet:
-    """Load a full state dict strictly, except the fixed positional tables (rebuilt when absent)."""
-    try:
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-    except RuntimeError as e:
-        detail = [line.strip() for line in str(e).splitlines() if "size mismatch" in line][:2]
-        raise ValueError(f"weights do not fit the UNet: {'; '.join(detail) or e}") from None
-    missing = [k for k in missing if not k.endswith("pos_embed.pe")]
-    if missing or unexpected:
-        raise ValueError(f"weights do not match the UNet: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    return model
-
-
-def with_motion_adapter(image_unet, adapter) -> UNet:
+def with_motion_adapter(image_unet, adapter, variant: str | None = None) -> UNet:
     """An `animatediff` UNet: the spatial layers of `image_unet` (anything `inflate` reads) + an adapter.
 
-    `adapter` is a MotionAdapter folder, a .safetensors file or a `(config, state dict)` pair.
+    `adapter` is a MotionAdapter folder, a .safetensors file or a `(config, state dict)` pair. From files,
+    the weights are read once and handed to a UNet built on the meta device (one copy in memory).
     """
-    base = load_image_unet(image_unet)
-    if base.config.temporal:
+    if isinstance(image_unet, (str, os.PathLike)):
+        base_cfg, base_sd = image_unet_parts(image_unet, variant=variant)
+    else:
+        base = load_image_unet(image_unet)
+        base_cfg, base_sd = base.config, base.state_dict()
+    if base_cfg.temporal:
         raise ValueError("the base UNet already has temporal layers; give an image (Stable Diffusion) UNet")
-    cfg, sd = adapter if isinstance(adapter, tuple) else read_motion_adapter(adapter)
-    model = UNet(UNetConfig.from_dict({**asdict(base.config), **adapter_overrides(cfg, base.config)}))
-    p = next(base.parameters())
-    model.to(device=p.device, dtype=p.dtype)
-    return load_state(model, {**base.state_dict(), **sd})
+    cfg, sd = adapter if isinstance(adapter, tuple) else read_motion_adapter(adapter, variant)
+    config = UNetConfig.from_dict({**asdict(base_cfg), **adapter_overrides(cfg, base_cfg)})
+    dtype = next(iter(base_sd.values())).dtype if isinstance(image_unet, UNet) else torch.float32
+    return load_weights(config, {**base_sd, **sd}, dtype=dtype, what="weights")
 
 
-def load_unet(folder: str | os.PathLike, motion_adapter=None) -> UNet:
+def load_unet(folder: str | os.PathLike, motion_adapter=None, variant: str | None = None) -> UNet:
     """Any UNet folder vidiff reads: vidiff, `UNetMotionModel`, `UNet3DConditionModel`, or
     `UNet2DConditionModel` (+ `motion_adapter`, else the image model)."""
     folder = Path(folder)
@@ -216,17 +208,18 @@ def load_unet(folder: str | os.PathLike, motion_adapter=None) -> UNet:
     raw = json.loads(cfg_file.read_text())
     kind = raw.get("_class_name")
     if kind == "UNet2DConditionModel":
-        return with_motion_adapter(folder, motion_adapter) if motion_adapter is not None else load_image_unet(folder)
+        return with_motion_adapter(folder, motion_adapter, variant) if motion_adapter is not None \
+            else load_image_unet(folder, variant=variant)
     if motion_adapter is not None:
         raise ValueError(f"motion_adapter given, but {folder} holds a {kind}, which has its own temporal layers; "
                          "an adapter goes with a Stable Diffusion (UNet2DConditionModel) UNet")
     if kind in (None, "VidiffUNet"):
-        return UNet.from_pretrained(folder)
+        return UNet.from_pretrained(folder, variant=variant)
     translate = {"UNetMotionModel": config_from_motion_unet, "UNet3DConditionModel": config_from_unet3d}
     if kind not in translate:
         raise ValueError(f"{cfg_file}: _class_name={kind!r} is not supported; supported: VidiffUNet, "
                          "UNet2DConditionModel (+ motion adapter), UNetMotionModel, UNet3DConditionModel")
-    return load_state(UNet(translate[kind](raw)), _read_safetensors(folder))
+    return load_weights(translate[kind](raw), _read_safetensors(folder, variant))
 
 
 # ---- export ---------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def read_index(path: str | os.PathLike) -> dict:
     return json.loads(index_file.read_text())
 
 
-def _schedule(path: Path, override) -> NoiseSchedule:
+def _schedule(path: Path, override, motion_adapter=None) -> NoiseSchedule:
     file = path / "scheduler" / "scheduler_config.json"
     if not file.exists():
         raise FileNotFoundError(f"model folder {str(path)!r} has no scheduler/scheduler_config.json")
@@ -73,8 +73,9 @@ def folder_adapter(path: Path):
     return None
 
 
-def load_components(path: str | os.PathLike, motion_adapter=None, scheduler=None):
-    """(unet, text encoder, schedule, codec, defaults) of a vidiff or diffusers model folder."""
+def load_components(path: str | os.PathLike, motion_adapter=None, scheduler=None, variant: str | None = None):
+    """(unet, text encoder, schedule, codec, defaults) of a vidiff or diffusers model folder; `variant`
+    ("fp16") reads each component's `*.fp16.safetensors`."""
     path = Path(path)
     index = read_index(path)
     kind = index.get("_class_name")
@@ -83,9 +84,9 @@ def load_components(path: str | os.PathLike, motion_adapter=None, scheduler=None
             if not (path / part).is_dir():
                 raise FileNotFoundError(f"model folder {str(path)!r} has no {part}/")
         vidiff = index.get("vidiff", {})
-        unet = load_unet(path / "unet", motion_adapter)
-        return (unet, TextEncoder.from_pretrained(path), _schedule(path, scheduler),
-                load_codec(vidiff.get("codec"), path), vidiff.get("defaults"))
+        unet = load_unet(path / "unet", motion_adapter, variant)
+        return (unet, TextEncoder.from_pretrained(path, variant), _schedule(path, scheduler, motion_adapter),
+                load_codec(vidiff.get("codec"), path, variant), vidiff.get("defaults"))
     if kind not in DIFFUSERS_PIPELINES:
         raise ValueError(f"{path}/model_index.json: _class_name={kind!r} is not supported; supported: "
                          f"VidiffPipeline, {', '.join(DIFFUSERS_PIPELINES)}")
@@ -94,17 +95,18 @@ def load_components(path: str | os.PathLike, motion_adapter=None, scheduler=None
     if missing:
         raise FileNotFoundError(f"model folder {str(path)!r} ({kind}) has no {', '.join(m + '/' for m in missing)}")
     raw = json.loads((path / "unet" / "config.json").read_text()) if (path / "unet" / "config.json").exists() else {}
-    unet = load_unet(path / "unet", motion_adapter or folder_adapter(path))
+    unet = load_unet(path / "unet", motion_adapter or folder_adapter(path), variant)
     if not unet.config.temporal:
         raise ValueError(f"{path} holds an image model ({kind}); give it motion layers with "
                          "motion_adapter=PATH (CLI: --motion-adapter PATH), an AnimateDiff MotionAdapter folder "
                          "or .safetensors file")
-    codec = VaeCodec.from_pretrained(path / "vae")
+    codec = VaeCodec.from_pretrained(path / "vae", variant=variant)
     size = int(raw.get("sample_size") or 64) * codec.factor
     max_frames = unet.config.motion_max_seq_length if unet.config.temporal_family == "animatediff" else 16
     defaults = {"height": size, "width": size, "num_frames": min(16, max_frames), "fps": 8,
                 "guidance_scale": guidance}
-    return unet, TextEncoder.from_pretrained(path), _schedule(path, scheduler), codec, defaults
+    return (unet, TextEncoder.from_pretrained(path, variant), _schedule(path, scheduler, motion_adapter), codec,
+            defaults)
 
 
 def export_diffusers(pipe, out: str | os.PathLike) -> str:

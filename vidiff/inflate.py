@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 
-from .unet import CONFIG_NAME, WEIGHTS_NAME, UNet, UNetConfig, is_temporal_key
+from .unet import CONFIG_NAME, WEIGHTS_NAME, UNet, UNetConfig, is_temporal_key, load_weights
 
 _DOWN = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
 _UP = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
@@ -103,13 +103,18 @@ def config_from_state_dict(sd: dict, num_heads: int | tuple | None = None) -> UN
         linear_projection=linear, temporal=False)
 
 
-def _read_safetensors(folder: Path) -> dict:
+def _read_safetensors(folder: Path, variant: str | None = None) -> dict:
+    """The state dict of a diffusers component folder (one file or shards; `variant` picks `*.fp16.*`)."""
     from safetensors.torch import load_file
 
-    single = folder / WEIGHTS_NAME
+    from .hub import folder_variant
+
+    variant = folder_variant(folder, variant)
+    name = WEIGHTS_NAME if not variant else WEIGHTS_NAME.replace(".safetensors", f".{variant}.safetensors")
+    single = folder / name
     if single.exists():
         return load_file(str(single))
-    index = folder / (WEIGHTS_NAME + ".index.json")
+    index = folder / (WEIGHTS_NAME + (f".index.{variant}.json" if variant else ".index.json"))
     if index.exists():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return {k: v for s in shards for k, v in load_file(str(folder / s)).items()}
@@ -119,7 +124,7 @@ def _read_safetensors(folder: Path) -> dict:
     raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder}")
 
 
-def load_image_unet(source, num_heads=None) -> UNet:
+def load_image_unet(source, num_heads=None, variant: str | None = None) -> UNet:
     """Load an image UNet from a vidiff UNet, a diffusers UNet2DConditionModel, a folder or a safetensors file."""
     if isinstance(source, UNet):
         return source
@@ -127,6 +132,13 @@ def load_image_unet(source, num_heads=None) -> UNet:
         model = UNet(config_from_diffusers(dict(source.config)))
         _load_spatial(model, source.state_dict())
         return model
+    config, sd = image_unet_parts(source, num_heads, variant)
+    return load_weights(config, sd, what="state dict")
+
+
+def image_unet_parts(source, num_heads=None, variant: str | None = None) -> tuple[UNetConfig, dict]:
+    """(image UNetConfig, state dict) of a unet folder, a pipeline folder or a .safetensors file, read without
+    building a model (a loader then builds one on the meta device and hands it these tensors)."""
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"cannot inflate a {type(source).__name__}; give a vidiff UNet, a diffusers "
                         "UNet2DConditionModel, a unet folder or a .safetensors file")
@@ -139,9 +151,7 @@ def load_image_unet(source, num_heads=None) -> UNet:
         from safetensors.torch import load_file
 
         sd = load_file(str(path))
-        model = UNet(config_from_state_dict(sd, num_heads))
-        _load_spatial(model, sd)
-        return model
+        return config_from_state_dict(sd, num_heads), sd
     if (path / "unet" / CONFIG_NAME).exists():   # a whole pipeline folder
         path = path / "unet"
     cfg_file = path / CONFIG_NAME
@@ -149,13 +159,13 @@ def load_image_unet(source, num_heads=None) -> UNet:
         raise FileNotFoundError(f"{path} has no {CONFIG_NAME}; expected a unet folder")
     raw = json.loads(cfg_file.read_text())
     if raw.get("_class_name") == "VidiffUNet":
-        return UNet.from_pretrained(path)
+        from safetensors.torch import load_file
+
+        return UNetConfig.from_dict(raw), load_file(str(path / WEIGHTS_NAME))
     if raw.get("_class_name") != "UNet2DConditionModel":
         raise ValueError(f"{cfg_file}: _class_name={raw.get('_class_name')!r}, expected "
                          "'UNet2DConditionModel' or 'VidiffUNet'")
-    model = UNet(config_from_diffusers(raw))
-    _load_spatial(model, _read_safetensors(path))
-    return model
+    return config_from_diffusers(raw), _read_safetensors(path, variant)
 
 
 def _load_spatial(model: UNet, sd: dict) -> None:

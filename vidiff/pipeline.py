@@ -21,6 +21,7 @@ import torch
 from einops import rearrange
 
 from .codec import PixelCodec, VaeCodec
+from .devices import randn, resolve_device, resolve_dtype
 from .io import as_frames, fit_frame, read_video, write_video
 from .plans import sample_fifo, sample_plan, sample_window
 from .lora import PipelineLoras
@@ -121,25 +122,32 @@ class VideoPipeline(RequestChecks, PipelineLoras):
 
     # ---- folders -----------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, motion_adapter=None, device: str = "cpu",
-                        dtype=torch.float32, scheduler: str | dict | None = None) -> "VideoPipeline":
-        """Load a model folder (default: the shipped shapes-64 model); nothing is fetched from a hub.
+    def from_pretrained(cls, path: str | os.PathLike | None = None, motion_adapter=None, device: str = "auto",
+                        dtype="auto", scheduler: str | dict | None = None, variant: str | None = None,
+                        revision: str | None = None) -> "VideoPipeline":
+        """Load a model: a folder, a hub id (`org/name`, from the hub cache offline) or a single-file SD checkpoint.
 
         Reads vidiff folders and diffusers `AnimateDiffPipeline` (UNetMotionModel, or a UNet2D plus
-        `motion_adapter/`), Stable Diffusion (with `motion_adapter=` a MotionAdapter folder or an
-        AnimateDiff .safetensors file) and `TextToVideoSDPipeline` (ModelScope, Zeroscope) folders.
-        `scheduler` replaces the folder's scheduler class (a class or sampler name) or some of its
-        config keys (a dict).
+        `motion_adapter/`), Stable Diffusion (with `motion_adapter=` a MotionAdapter folder, an
+        AnimateDiff .safetensors file or a hub id) and `TextToVideoSDPipeline` (ModelScope, Zeroscope) folders.
+        `scheduler` replaces the folder's scheduler class (a class, sampler or preset name) or some of its
+        config keys (a dict). `device="auto"` is CUDA when present; `dtype="auto"` float16 on CUDA, else
+        float32. `variant="fp16"` reads the `*.fp16.safetensors` files; `revision` picks a hub revision.
         """
         from .folders import load_components
+        from .hub import resolve_model
 
         if path is None:
             path = DEFAULT_MODEL
             if not (path / "model_index.json").exists():
                 raise FileNotFoundError(f"the default model is not installed at {path}; pass a model folder")
-        unet, text, schedule, codec, defaults = load_components(path, motion_adapter, scheduler)
-        pipe = cls(unet, text, schedule, codec, defaults).to(device, dtype)
-        pipe.source = str(path)
+        folder, source = resolve_model(path, revision=revision, variant=variant)
+        adapter = None if motion_adapter is None else resolve_model(motion_adapter, revision=None, kind="motion adapter",
+                                                                    variant=variant)[0]
+        unet, text, schedule, codec, defaults = load_components(folder, adapter, scheduler, variant=variant)
+        device = resolve_device(device)
+        pipe = cls(unet, text, schedule, codec, defaults).to(device, resolve_dtype(dtype, device))
+        pipe.source = source
         return pipe
 
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
@@ -162,12 +170,14 @@ class VideoPipeline(RequestChecks, PipelineLoras):
         (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     def to(self, device=None, dtype=None) -> "VideoPipeline":
-        """Move UNet, text encoder and codec; dtype applies to the UNet (bfloat16 is fast on CPU)."""
-        self.device = torch.device(device or self.device)
-        self.dtype = dtype or self.dtype
+        """Move UNet, text encoder and codec (`auto` names allowed); dtype applies to the UNet, and on CUDA
+        to the text encoder and to a VAE that is safe in it (not `force_upcast`), as diffusers does."""
+        self.device = resolve_device(device) if device is not None else self.device
+        self.dtype = resolve_dtype(dtype, self.device) if dtype is not None else self.dtype
         self.unet.to(device=self.device, dtype=self.dtype)
-        self.text_encoder.to(device=self.device)
-        self.codec.to(device=self.device)
+        half_ok = self.device.type == "cuda"                  # on CPU fp16/bf16 text and VAE are slow or lossy
+        self.text_encoder.to(device=self.device, dtype=self.dtype if half_ok else torch.float32)
+        self.codec.to(device=self.device, dtype=self.codec.safe_dtype(self.dtype) if half_ok else torch.float32)
         return self
 
     # ---- generation --------------------------------------------------------------------------
@@ -385,7 +395,7 @@ class VideoPipeline(RequestChecks, PipelineLoras):
             init = self.codec.encode_sample(video, g)
         else:
             init = self.codec.encode(video).float()
-        noise = rearrange(torch.randn((b, f, c, hh, ww), generator=g), "b f c h w -> b c f h w")
+        noise = rearrange(randn((b, f, c, hh, ww), g), "b f c h w -> b c f h w")
         start = steps - min(int(steps * strength), steps)            # diffusers' get_timesteps
         return init, noise, start
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from .devices import randn, randperm
 from .samplers import get_sampler
 from .schedule import Denoiser, per_frame
 
@@ -37,7 +38,7 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
                              progress, offset)[:, :, :f]
     plan = pipe.schedule.plan(steps, sampler)
     if noise is None:
-        noise = torch.randn(shape, generator=generator)
+        noise = randn(shape, generator)
     noise = noise.to(pipe.device, torch.float32)
     sigmas = plan.sigmas.to(pipe.device)[start:]
     landing = None if plan.landing is None else plan.landing.to(pipe.device)[start:]
@@ -66,7 +67,7 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
     if known is not None and not framecond:
         lat, mask = known
         replace = per_frame(mask, x) > 0
-        fixed = torch.randn(shape, generator=generator).to(pipe.device)
+        fixed = randn(shape, generator, pipe.device)
 
         def denoise(x, sigma, _d=denoise):       # replacement: given frames re-noised to sigma
             x = torch.where(replace, lat + per_frame(sigma, x) * fixed, x)
@@ -99,11 +100,11 @@ def noise_layout(unet_config):
     if unet_config.temporal_family != "modelscope" or not unet_config.temporal:
         return None
 
-    def randn(x, generator):
+    def frame_major(x, generator):
         b, c, f, h, w = x.shape
-        flat = torch.randn((b * f, c, h, w), generator=generator, dtype=x.dtype).to(x.device)
+        flat = randn((b * f, c, h, w), generator, x.device, x.dtype)
         return rearrange(flat, "(b f) c h w -> b c f h w", b=b)
-    return randn
+    return frame_major
 
 def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, seams: list | None = None, init=None,
                           **run):
@@ -125,7 +126,7 @@ def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, seams:
     while start < f and not done[start:].all():
         end = min(start + chunk, f)
         win_mask = done[start:end].float()[None].expand(b, -1).to(pipe.device)
-        win_known = (out[:, :, start:end], win_mask) if win_mask.any() else None
+        win_known = (out[:, :, start:end], win_mask) if done[start:end].any() else None
         new = torch.nonzero(~done[start:end])
         if seams is not None and len(new) and windows:
             seams.append(start + int(new[0]))
@@ -156,7 +157,7 @@ def freenoise_noise(shape, generator, length: int, stride: int, noise_type: str 
     """
     if noise_type not in NOISE_TYPES:
         raise ValueError(f"noise type must be one of {NOISE_TYPES}, got {noise_type!r}")
-    noise = torch.randn(shape, generator=generator)
+    noise = randn(shape, generator)
     f = shape[2]
     if noise_type != "shuffle_context":
         return noise
@@ -165,7 +166,7 @@ def freenoise_noise(shape, generator, length: int, stride: int, noise_type: str 
         end = min(f, start + stride)
         if end == start:
             break
-        idx = torch.arange(start, end)[torch.randperm(end - start, generator=generator)]
+        idx = torch.arange(start, end)[randperm(end - start, generator)]
         n = min(f, i + len(idx)) - i
         noise[:, :, i:i + n] = noise[:, :, idx[:n]]
     return noise
@@ -252,7 +253,7 @@ def sample_fifo(pipe, shape, ctx, guidance, generator, progress, window: int, pa
     # the earlier ones its first frame
     base = sample_window(pipe, (b, c, f, hh, ww), None, texts([min(i, total - 1) for i in range(f)]), nf,
                          guidance, "ddim", 0.0, generator, False)
-    eps = torch.randn((b, c, la + nf, hh, ww), generator=generator).to(pipe.device)
+    eps = randn((b, c, la + nf, hh, ww), generator, pipe.device)
     src = [0] * la + [max(0, k - warm) for k in range(nf)]
     queue = base[:, :, src] + lev_all[None, None, :, None, None] * eps
     gscale = torch.as_tensor(guidance, dtype=torch.float32, device=pipe.device)
@@ -275,7 +276,7 @@ def sample_fifo(pipe, shape, ctx, guidance, generator, progress, window: int, pa
                 queue[:, :, s + keep:e] = (x0 + ratio * (x - x0))[:, :, keep:]
             if it >= warm:
                 out.append(pipe._decode(queue[:, :, la:la + 1] * plan.output_scale)[0])
-            tail = torch.randn((b, c, 1, hh, ww), generator=generator).to(pipe.device) * plan.init_sigma
+            tail = randn((b, c, 1, hh, ww), generator, pipe.device) * plan.init_sigma
             queue = torch.cat([queue[:, :, 1:], tail], dim=2)
             bar.update(1)
     bar.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .devices import randn as _draw
 from .schedule import per_frame
 
 
@@ -27,17 +28,18 @@ def _levels(sigmas: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _hold(x: torch.Tensor, x_next: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:
-    """Keep frames whose level is 0 now and next (given frames) exactly as they are."""
-    if s.ndim < 2 or not bool((s == 0).any()):
+    """Keep frames whose level is 0 now and next (given frames) exactly as they are (no host sync)."""
+    if s.ndim < 2:
         return x_next
     frozen = per_frame(((s == 0) & (s_next == 0)).float(), x) > 0
     return torch.where(frozen, x, x_next)
 
 
 def _randn(x: torch.Tensor, generator: torch.Generator | None, randn=None) -> torch.Tensor:
+    """Step noise like x, drawn on the generator's device and moved to x's."""
     if randn is not None:
         return randn(x, generator)
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return _draw(x.shape, generator, x.device, x.dtype)
 
 
 def _ancestral(denoise, x, sigmas, eta, generator, callback, landing=None, randn=None):
@@ -93,6 +95,7 @@ def sample_euler_ancestral(denoise, x, sigmas, *, eta: float = 1.0, generator=No
 def sample_dpmpp_2m(denoise, x, sigmas, *, generator=None, callback=None):
     """DPM-Solver++(2M) (Lu et al. 2022), first order on the first and the last step."""
     levels = _levels(sigmas, x)
+    last = torch.as_tensor(sigmas).cpu().reshape(len(levels), -1).eq(0).all(1).tolist()   # host-side: no device sync
     old = h_last = None
     for i in range(len(levels) - 1):
         s, s_next = levels[i], levels[i + 1]
@@ -101,7 +104,7 @@ def sample_dpmpp_2m(denoise, x, sigmas, *, generator=None, callback=None):
         lam = -sb.clamp(min=1e-12).log()
         lam_next = -nb.clamp(min=1e-12).log()
         h = lam_next - lam
-        if old is None or bool((s_next == 0).all()):
+        if old is None or last[i + 1]:
             d = denoised
         else:
             r = h_last / h

@@ -59,12 +59,19 @@ class SinusoidalPE(nn.Module):
 
     def __init__(self, dim: int, max_len: int):
         super().__init__()
-        pos = torch.arange(max_len, dtype=torch.float32)[:, None]
-        div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-        pe = torch.zeros(1, max_len, dim)
+        self.register_buffer("pe", torch.zeros(1, max_len, dim))      # persistent: MotionAdapter files carry it
+        self.reset_buffers()
+
+    def reset_buffers(self, device=None) -> None:
+        """(Re)compute the table, e.g. after a model built on the meta device got its weights."""
+        _, max_len, dim = self.pe.shape
+        device = device or (self.pe.device if self.pe.device.type != "meta" else "cpu")
+        pos = torch.arange(max_len, dtype=torch.float32, device=device)[:, None]
+        div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
+        pe = torch.zeros(1, max_len, dim, device=device)
         pe[0, :, 0::2] = torch.sin(pos * div)
         pe[0, :, 1::2] = torch.cos(pos * div)
-        self.register_buffer("pe", pe)          # persistent: MotionAdapter files carry it
+        self.pe = pe
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: `n f c` + the first f rows of the table."""

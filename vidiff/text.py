@@ -43,8 +43,8 @@ class TextEncoder:
         self.max_length = max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "TextEncoder":
-        """Load `text_encoder/` (safetensors) and `tokenizer/` from a model folder, offline."""
+    def from_pretrained(cls, path: str | os.PathLike, variant: str | None = None) -> "TextEncoder":
+        """Load `text_encoder/` (safetensors; `variant="fp16"`: its fp16 file) and `tokenizer/` from a model folder, offline."""
         from transformers import AutoTokenizer, CLIPTextModel
         from transformers.utils import logging as hf_logging
 
@@ -55,7 +55,10 @@ class TextEncoder:
         for d in (enc_dir, tok_dir):
             if not d.is_dir():
                 raise FileNotFoundError(f"model folder {str(path)!r} has no {d.name}/")
-        model = CLIPTextModel.from_pretrained(enc_dir, local_files_only=True, use_safetensors=True)
+        from .hub import folder_variant
+
+        model = CLIPTextModel.from_pretrained(enc_dir, local_files_only=True, use_safetensors=True,
+                                              variant=folder_variant(enc_dir, variant)).float()
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
         return cls(model, tokenizer)
 

@@ -477,6 +477,12 @@ def _accelerator(t):
 
 
 @torch.no_grad()
+def make_ema(trainable: list) -> dict:
+    """Float32 copies of the trainable weights, each on its own parameter's device."""
+    return {n: p.detach().clone().float() for n, p in trainable}
+
+
+@torch.no_grad()
 def _update_ema(ema: dict, trainable: list, decay: float, step: int) -> None:
     """EMA of the trainable weights after `step` optimizer steps (warmed up); a copy when decay is 0."""
     if decay:
@@ -529,7 +535,6 @@ def train(cfg: Config, progress: bool = True) -> dict:
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     trainable = _set_trainable(unet, t)
-    ema = {n: p.detach().clone().float() for n, p in trainable}
     text.to(device)
     codec.to(device)
 
@@ -542,6 +547,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
     optimizer = torch.optim.AdamW([p for _, p in trainable], lr=t.lr, betas=tuple(t.adam_betas),
                                   weight_decay=t.weight_decay)
     objective, optimizer = accelerator.prepare(_objective(t, unet, schedule, device), optimizer)
+    ema = make_ema(trainable)                 # after prepare: on the device the weights now live on
     g = torch.Generator().manual_seed(t.seed * 1000 + rank)
     step, state = _resume(ckpt_dir, unet, ema, optimizer, g, accelerator)
     if accelerator.is_main_process:

@@ -440,22 +440,51 @@ class UNet(nn.Module):
         _atomic(path / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2) + "\n"))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "UNet":
-        """Load a folder written by `save_pretrained` (or a model folder holding `unet/`)."""
+    def from_pretrained(cls, path: str | os.PathLike, variant: str | None = None, **overrides) -> "UNet":
+        """Load a folder written by `save_pretrained` (or a model folder holding `unet/`), one copy in memory."""
         from safetensors.torch import load_file
 
         path = Path(path)
         if (path / "unet" / CONFIG_NAME).exists():
             path = path / "unet"
-        if not (path / CONFIG_NAME).exists() or not (path / WEIGHTS_NAME).exists():
-            raise FileNotFoundError(f"{path} is not a vidiff UNet folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        weights = path / (WEIGHTS_NAME.replace(".safetensors", f".{variant}.safetensors") if variant else WEIGHTS_NAME)
+        if not (path / CONFIG_NAME).exists() or not weights.exists():
+            raise FileNotFoundError(f"{path} is not a vidiff UNet folder (needs {CONFIG_NAME} and {weights.name})")
         raw = json.loads((path / CONFIG_NAME).read_text())
         if raw.get("_class_name") not in (None, "VidiffUNet"):
             raise ValueError(f"{path} holds a {raw['_class_name']}, not a vidiff UNet; "
                              "convert it with vidiff.inflate() or `vidiff inflate`")
-        model = cls(UNetConfig.from_dict({**raw, **overrides}))
-        model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
-        return model
+        return load_weights(UNetConfig.from_dict({**raw, **overrides}), load_file(str(weights)))
+
+
+def load_weights(config: UNetConfig, sd: dict, dtype: torch.dtype = torch.float32, what: str = "weights") -> UNet:
+    """A UNet of `config` holding the tensors of `sd` themselves: built on the meta device and filled with
+    `load_state_dict(assign=True)`, so loading holds one copy of the weights, not a random init beside them.
+
+    Every parameter must be in `sd`; fixed tables missing from it (AnimateDiff's `pe`) are computed.
+    Floating tensors are cast to `dtype` one at a time (an fp16 file loads as float32 by default).
+    """
+    for k, v in sd.items():
+        if v.is_floating_point() and v.dtype != dtype:
+            sd[k] = v.to(dtype)
+    with torch.device("meta"):
+        model = UNet(config)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    except RuntimeError as e:    # shape mismatches: bad input, not a crash
+        detail = [line.strip() for line in str(e).splitlines() if "size mismatch" in line][:2]
+        raise ValueError(f"{what} do not fit the UNet: {'; '.join(detail) or e}") from None
+    missing = [k for k in missing if not k.endswith(".pe")]
+    if missing or unexpected:
+        raise ValueError(f"{what} do not match the UNet: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    device = next(iter(sd.values())).device if sd else torch.device("cpu")
+    for m in model.modules():
+        if hasattr(m, "reset_buffers") and any(b.is_meta for b in m.buffers(recurse=False)):
+            m.reset_buffers(device)
+        if isinstance(m, nn.Conv2d):
+            m.to(memory_format=torch.channels_last)          # as __init__ lays them: the fast layout
+    return model
 
 
 def is_temporal_key(name: str) -> bool:
