@@ -83,11 +83,22 @@ def _dtype(name: str):
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from .io import write_folder_atomically
     from .pipeline import VideoPipeline
 
     _fresh_dir(args.out)
-    pipe = VideoPipeline.from_pretrained(args.source, motion_adapter=args.motion_adapter)
+    source = args.source
+    if args.config is not None:                      # a single file with a diffusers folder's configs and tokenizer
+        from .hub import converted_folder
+
+        if not Path(source).is_file() or not Path(args.config).is_dir():
+            raise UsageError("--config DIR goes with a single-file checkpoint SOURCE and names a diffusers model folder")
+        source = converted_folder(Path(source), config=args.config)
+    pipe = VideoPipeline.from_pretrained(source, motion_adapter=args.motion_adapter, device="cpu", dtype="float32",
+                                         scheduler=_scheduler_arg(args.scheduler), variant=args.variant,
+                                         revision=args.revision)
     cast = None if args.dtype == "float32" else _dtype(args.dtype)
     write_folder_atomically(args.out, lambda tmp: pipe.save_pretrained(tmp, dtype=cast))
     cfg = pipe.unet.config
@@ -153,29 +164,55 @@ def _load_pipeline(args: argparse.Namespace):
         if not (DEFAULT_MODEL / "model_index.json").exists():
             raise UsageError(f"the default model is not installed at {DEFAULT_MODEL}; pass --model DIR")
         args.model = str(DEFAULT_MODEL)
-    if Path(args.model).is_file():
-        raise UsageError(f"--model {args.model}: is a file, not a model folder (a folder with model_index.json)")
-    if not Path(args.model).is_dir():
-        raise UsageError(f"--model {args.model}: folder does not exist")
-    if args.motion_adapter is not None and not Path(args.motion_adapter).exists():
-        raise UsageError(f"--motion-adapter {args.motion_adapter}: does not exist")
-    import torch
+    from .hub import is_hub_id
 
+    for flag, value in (("--model", args.model), ("--motion-adapter", args.motion_adapter)):
+        if value is not None and not Path(value).exists() and not is_hub_id(value):
+            raise UsageError(f"{flag} {value}: does not exist (a folder, a .safetensors file, or a hub id org/name)")
+    from .devices import resolve_device
+    from .lora import parse_spec
     from .pipeline import VideoPipeline
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available here; use --device cpu")
-    from .lora import parse_spec
+    device = resolve_device(args.device)
+    if getattr(args, "batch_rank", False) and args.device in ("auto", "cuda"):
+        from .batch import process_state
 
+        device = process_state().device            # each launched process on its own GPU, never all on cuda:0
     loras = [parse_spec(spec) for spec in args.lora]
     for path, _ in loras:
-        if not Path(path).exists():
-            raise UsageError(f"--lora {path}: file does not exist")
-    pipe = VideoPipeline.from_pretrained(args.model, motion_adapter=args.motion_adapter, device=args.device,
-                                         dtype=_dtype(args.dtype), scheduler=_scheduler_arg(args.scheduler))
+        if not Path(path).exists() and not is_hub_id(path):
+            raise UsageError(f"--lora {path}: file does not exist (a .safetensors file or a hub id org/name)")
+    _cpu_half_warning(device, args.dtype)
+    pipe = VideoPipeline.from_pretrained(args.model, motion_adapter=args.motion_adapter, device=device,
+                                         dtype=args.dtype, scheduler=_scheduler_arg(args.scheduler),
+                                         variant=args.variant, revision=args.revision)
     for path, scale in loras:
         pipe.load_lora(path, scale)
+    _memory_knobs(args, pipe, device)
     return pipe
+
+
+def _cpu_half_warning(device, dtype: str) -> None:
+    """float16 on a CPU runs several times slower than float32: say so once."""
+    if device.type == "cpu" and dtype == "float16":
+        import warnings
+
+        warnings.warn("--dtype float16 on a CPU is several times slower than float32 (no fast float16 kernels); "
+                      "use float32, or bfloat16 on CPUs with AMX")
+
+
+def _memory_knobs(args: argparse.Namespace, pipe, device) -> None:
+    """--offload, --decode-chunk and --vae-tiling on a loaded pipeline."""
+    if args.decode_chunk is not None and args.decode_chunk < 1:
+        raise UsageError(f"--decode-chunk must be >= 1, got {args.decode_chunk}")
+    if args.offload == "model":
+        pipe.enable_model_cpu_offload(device)
+    elif args.offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device)
+    if args.vae_tiling:
+        pipe.enable_vae_tiling()
+    if args.decode_chunk is not None and hasattr(pipe.codec, "chunk"):
+        pipe.codec.chunk = args.decode_chunk
 
 
 def _read_frames(flag: str, path: str):
@@ -250,6 +287,7 @@ def _batch(args: argparse.Namespace) -> None:
         raise UsageError(f"--out-dir {out}: cannot be created ({e.strerror})") from None
     check_writable(out / "index.jsonl")
     args.output = str(out / "index.mp4")           # _load_pipeline checks an output name; the batch writes its own
+    args.batch_rank = True                         # load onto this process's device (accelerate's PartialState)
     pipe = _load_pipeline(args)
     defaults = {k: v for k, v in dict(
         negative_prompt=args.negative_prompt, num_frames=args.frames, height=args.height, width=args.width,
@@ -414,6 +452,10 @@ def _serve(args: argparse.Namespace) -> None:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
     if not port_free(args.host, args.port):
         raise UsageError(f"--port {args.port}: in use on {args.host}; pick another with --port")
+    from .devices import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     models = find_models(args.models)
     try:
         import gradio  # noqa: F401
@@ -421,13 +463,21 @@ def _serve(args: argparse.Namespace) -> None:
         raise UsageError("vidiff serve needs gradio: pip install 'vidiff[app]'") from None
     print(f"vidiff serve: {len(models)} model{'s' * (len(models) != 1)} ({', '.join(models)}); results in {args.outputs}; "
           f"http://{args.host}:{args.port}", flush=True)
-    serve(models, args.outputs, args.host, args.port, args.queue)
+    serve(models, args.outputs, args.host, args.port, args.queue, device=device, dtype=dtype)
+
+
+def device_args(p: argparse.ArgumentParser) -> None:
+    """--device and --dtype, as every command that runs a model takes them."""
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: float16 on CUDA, float32 on CPU (bfloat16 is faster on CPUs with AMX)")
 
 
 def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
     """The options generate / extend / interpolate share."""
     p.add_argument("-o", "--output", default="out.mp4", help="output: .mp4, .gif, .png (one frame) or a folder")
-    p.add_argument("--model", default=None, help="model folder (default: the shipped shapes-64 model)")
+    p.add_argument("--model", default=None, help="model folder, hub id (org/name) or single-file SD .safetensors "
+                   "(default: the shipped shapes-64 model)")
     p.add_argument("--frames", type=int, default=None, help=frames_help)
     p.add_argument("--height", type=int, default=None, help="pixels (default: the model's); a multiple of its factor")
     p.add_argument("--width", type=int, default=None, help="pixels (default: the model's); a multiple of its factor")
@@ -444,7 +494,8 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
                    help="replace the folder's scheduler: NAME[:key=value,...], e.g. ddim, LCMScheduler, "
                         "EulerDiscreteScheduler:timestep_spacing=trailing,beta_schedule=linear")
     p.add_argument("--motion-adapter", default=None,
-                   help="AnimateDiff motion module for a Stable Diffusion --model: MotionAdapter folder or .safetensors")
+                   help="AnimateDiff motion module for a Stable Diffusion --model: MotionAdapter folder, .safetensors "
+                        "or hub id")
     p.add_argument("--chunk", type=int, default=16, help="frames per window (autoregressive, windows)")
     p.add_argument("--context", type=int, default=4, help="autoregressive: frames carried into each new window")
     p.add_argument("--stride", type=int, default=4, help="windows: frames between window starts (default 4)")
@@ -458,8 +509,14 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
                    help="LoRA .safetensors to apply (repeatable; SD, AnimateDiff motion LoRA, v3 adapter), scale 1 by default")
     p.add_argument("--upscale", type=int, default=1, help="save each pixel as an n x n block (for viewing small videos)")
     p.add_argument("--force", action="store_true", help="run even when the memory estimate says it will not fit")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    device_args(p)
+    p.add_argument("--variant", default=None, help="read the folder's *.VARIANT.safetensors weights, e.g. fp16")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of a hub-id --model")
+    p.add_argument("--offload", default=None, choices=["model", "sequential"],
+                   help="keep weights in host RAM: model (each model moves to the GPU while it runs) or sequential "
+                        "(each layer; least GPU memory, slowest)")
+    p.add_argument("--decode-chunk", type=int, default=None, help="frames the VAE decodes at once (default 8; fewer: less memory)")
+    p.add_argument("--vae-tiling", action="store_true", help="decode large frames in overlapping VAE tiles")
 
 
 def _make_parsers(sub) -> None:
@@ -502,9 +559,15 @@ def _make_parsers(sub) -> None:
 def _model_parsers(sub) -> None:
     """Subcommands of the model-folder commands: convert, export, inflate."""
     conv = sub.add_parser("convert", help="write a community model (AnimateDiff, ModelScope, SD + adapter) as a vidiff folder")
-    conv.add_argument("source", help="diffusers AnimateDiffPipeline / TextToVideoSDPipeline / SD folder, or a vidiff folder")
+    conv.add_argument("source", help="diffusers AnimateDiffPipeline / TextToVideoSDPipeline / SD folder, a vidiff "
+                      "folder, a single-file SD .safetensors checkpoint, or a hub id")
     conv.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
-    conv.add_argument("--motion-adapter", default=None, help="MotionAdapter folder or .safetensors (with an SD source)")
+    conv.add_argument("--motion-adapter", default=None, help="MotionAdapter folder, .safetensors or hub id (with an SD source)")
+    conv.add_argument("--config", default=None, help="single file: a diffusers SD folder whose configs and tokenizer "
+                      "to use (default: inferred from the keys; the tokenizer from the hub cache)")
+    conv.add_argument("--scheduler", default=None, help="replace the source's scheduler (as generate --scheduler)")
+    conv.add_argument("--variant", default=None, help="read *.VARIANT.safetensors weights, e.g. fp16")
+    conv.add_argument("--revision", default=None, help="hub revision of a hub-id source")
     conv.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="UNet weights on disk")
     conv.set_defaults(run=_convert)
 
@@ -573,6 +636,7 @@ def _serve_parser(sub) -> None:
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=int, default=7860)
     srv.add_argument("--queue", type=int, default=8, help="requests that may wait for the one running (default 8)")
+    device_args(srv)
     srv.set_defaults(run=_serve)
 
 

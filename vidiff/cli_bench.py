@@ -92,19 +92,16 @@ def _bench_shapes(args: argparse.Namespace) -> None:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    import torch
-
     from .bench import shapes_benchmark, shapes_table, write_json
     from .pipeline import VideoPipeline
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    pipe = VideoPipeline.from_pretrained(args.model, dtype=dtype)
+    pipe = VideoPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     result = shapes_benchmark(pipe, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
                               i2v_clips=args.i2v_clips, progress=not args.quiet, sheet=args.sheet,
                               object_scale=args.object_scale)
     print(f"model {result['model']}: {result['steps']} steps, guidance {pipe.defaults.get('guidance_scale', 7.5) if args.guidance is None else args.guidance}, "
           f"{args.seeds} seeds, {result['seconds_per_t2v_video']:.1f} s per {pipe.defaults['num_frames']}-frame video "
-          f"({args.dtype})")
+          f"({pipe.dtype}, {pipe.device})".replace("torch.", ""))
     print(shapes_table(result))
     print(f"mean flicker {result['flicker_mean']:.4f}; first frame kept exactly in image-to-video: "
           f"{result['i2v']['first_frame_kept']:.0%}")
@@ -148,7 +145,9 @@ def bench_parsers(sub) -> None:
     shp.add_argument("--object-scale", type=float, default=1.0,
                      help="object size of the clips animated / extended, as `vidiff data shapes --object-scale` "
                           "(default 1; configs/small.yaml: 1.6)")
-    shp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    from .cli import device_args
+
+    device_args(shp)
     shp.add_argument("--json", default=None, help="write the full result (every video) to this .json")
     shp.add_argument("--sheet", default=None, help="write a contact sheet of generated videos to this .png")
     shp.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -88,10 +88,28 @@ def resolve_model(source, revision: str | None = None, kind: str = "model",
 
         refuse_pickle(path)
         if path.suffix != ".safetensors":
-            raise ValueError(f"{kind} {text!r}: a model is a folder with model_index.json or a single-file "
-                             f".safetensors checkpoint, got {path.suffix!r}")
+            raise ValueError(f"{kind} {text}: is a file, not a model folder (a folder with model_index.json) "
+                             f"or a single-file .safetensors checkpoint")
         path = converted_folder(path)
     return path, recorded
+
+
+def resolve_file(source, kind: str = "LoRA", revision: str | None = None) -> Path:
+    """A local .safetensors file for a path or hub id (`org/name/file.safetensors`, or `org/name` whose
+    repo holds exactly one .safetensors file at its top)."""
+    text = str(source)
+    if Path(text).exists():
+        return Path(text)
+    if not is_hub_id(text):
+        raise FileNotFoundError(f"{kind} {text!r} does not exist (a .safetensors file or a hub id org/name)")
+    path = download(text, revision, kind)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if len(files) != 1:
+            raise ValueError(f"{kind} {text!r}: the repo holds {len(files)} .safetensors files at its top "
+                             f"({', '.join(f.name for f in files) or 'none'}); name one as {text}/FILE.safetensors")
+        path = files[0]
+    return path
 
 
 def converted_folder(file: Path, config: str | os.PathLike | None = None) -> Path:

@@ -355,8 +355,12 @@ class PipelineLoras:
 
     def load_lora(self, path: str | os.PathLike, scale: float = 1.0, name: str | None = None) -> str:
         """Load a LoRA `.safetensors` (SD: diffusers or kohya layout; AnimateDiff motion LoRA: original or
-        diffusers layout; the v3 domain adapter) at `scale`; several combine. Returns its name."""
-        return self.adapters.load(path, scale, name)
+        diffusers layout; the v3 domain adapter) at `scale`; several combine. `path` may be a hub id
+        (`org/name` or `org/name/file.safetensors`, read from the hub cache offline). Returns its name."""
+        from .hub import resolve_file
+
+        return self.adapters.load(resolve_file(path, "LoRA"), scale, name or (None if Path(str(path)).exists()
+                                                                               else Path(str(path)).stem))
 
     def set_lora_scales(self, scales: dict) -> None:
         """{name: scale} of the loaded LoRAs; one left out is off."""

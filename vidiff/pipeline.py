@@ -25,6 +25,7 @@ from .devices import randn, resolve_device, resolve_dtype
 from .io import as_frames, fit_frame, read_video, write_video
 from .plans import sample_fifo, sample_plan, sample_window
 from .lora import PipelineLoras
+from .offload import PipelineMemory
 from .requests import RequestChecks
 from .schedule import NoiseSchedule
 from .text import TextEncoder
@@ -108,7 +109,7 @@ def travel(text_encoder, prompt, num_frames: int) -> torch.Tensor:
     return out
 
 
-class VideoPipeline(RequestChecks, PipelineLoras):
+class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
     """UNet + text encoder + noise schedule + codec, with the generation modes as methods."""
 
     def __init__(self, unet: UNet, text_encoder: TextEncoder, schedule: NoiseSchedule, codec=None,
@@ -189,7 +190,7 @@ class VideoPipeline(RequestChecks, PipelineLoras):
                  first_frame_first: bool | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "video", stride: int = 4, weighting: str = "pyramid",
                  noise_type: str = "shuffle_context", partitions: int = 4, lookahead: bool = True,
-                 init_video: np.ndarray | None = None, strength: float = 1.0):
+                 init_video: np.ndarray | None = None, strength: float = 1.0, decode_chunk_size: int | None = None):
         """Generate a video (or an image when num_frames=1). `given` maps frame index -> image.
 
         `prompt` (and `negative_prompt`) may be {frame: text}: prompt travel, the text states blended
@@ -211,9 +212,16 @@ class VideoPipeline(RequestChecks, PipelineLoras):
 
         `init_video` (`f h w 3` uint8 at the output size) with `strength` is video-to-video; see
         `video_to_video`, which also reads, resizes and keeps the frame rate of its input.
+
+        `decode_chunk_size` sets how many frames the VAE decodes at once (default: the codec's, 8; fewer
+        is less memory, as diffusers' argument of that name).
         """
         if output_type not in ("video", "latent"):
             raise ValueError(f"output_type must be 'video' or 'latent', got {output_type!r}")
+        if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
+            raise ValueError(f"decode_chunk_size must be an integer >= 1, got {decode_chunk_size!r}")
+        self.offload_idle()
+        self._chunk = decode_chunk_size
         b = 1
         if latents is not None:
             latents = torch.as_tensor(latents)
@@ -401,5 +409,7 @@ class VideoPipeline(RequestChecks, PipelineLoras):
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         # 16 frames at a time straight to uint8: decoding never holds the whole video in float
-        return np.concatenate([to_frames(self.codec.decode(latents[:, :, i:i + 16].float()))
+        chunk = getattr(self, "_chunk", None)
+        kw = {"chunk": chunk} if chunk and isinstance(self.codec, VaeCodec) else {}
+        return np.concatenate([to_frames(self.codec.decode(latents[:, :, i:i + 16].float(), **kw))
                                for i in range(0, latents.shape[2], 16)])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .codec import VaeCodec
-from .io import available_memory
+from .devices import free_memory
 from .samplers import get_sampler
 
 MODES = ("all", "autoregressive", "windows", "fifo")
@@ -95,11 +95,12 @@ class RequestChecks:
         window = num_frames if mode in ("all", "windows") else min(chunk, num_frames)
         if window > 2 * d["num_frames"]:
             far.append(f"{window} frames in one window (trained on {d['num_frames']})")
-        need, free = self.estimate_memory(num_frames, height, width, mode, chunk, guidance), available_memory()
+        need = self.estimate_memory(num_frames, height, width, mode, chunk, guidance)
+        free = free_memory(self.device)            # the GPU's own free memory for a CUDA run
         if not force and free is not None and need > 0.9 * free:         # refused: the one line that matters
             gib = 2 ** 30
             msg = (f"{num_frames} frames at {width}x{height} need about {need / gib:.1f} GiB (estimate), more "
-                   f"than the {free / gib:.1f} GiB free here")
+                   f"than the {free / gib:.1f} GiB free on {self.device}")
             ar = self.estimate_memory(num_frames, height, width, "autoregressive", min(chunk, 16), guidance)
             if mode == "all" and ar <= 0.9 * free:
                 msg += f"; --mode autoregressive --chunk {min(chunk, 16)} needs about {ar / gib:.1f} GiB"

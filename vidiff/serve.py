@@ -55,8 +55,9 @@ def port_free(host: str, port: int) -> bool:
 class Models:
     """Keeps one pipeline loaded, until another model is picked."""
 
-    def __init__(self, folders: dict):
+    def __init__(self, folders: dict, device="auto", dtype="auto"):
         self.folders, self.name, self.pipe = folders, None, None
+        self.device, self.dtype = device, dtype
         self.lock = threading.Lock()
 
     def get(self, name: str):
@@ -68,7 +69,8 @@ class Models:
         with self.lock:
             if name != self.name:
                 self.pipe, self.name = None, None
-                self.pipe, self.name = VideoPipeline.from_pretrained(self.folders[name]), name
+                self.pipe = VideoPipeline.from_pretrained(self.folders[name], device=self.device, dtype=self.dtype)
+                self.name = name
             return self.pipe
 
 
@@ -174,11 +176,11 @@ def bench_report(history: History, result_name: str | None, upload) -> tuple[lis
     return rows, curves, "static video: barely moves" if report["static"] else ""
 
 
-def build_app(models: dict, outputs: str | os.PathLike, queue_size: int = 8):
+def build_app(models: dict, outputs: str | os.PathLike, queue_size: int = 8, device="auto", dtype="auto"):
     """The gradio Blocks app (not launched); the handlers are thin wrappers that turn errors into page messages."""
     import gradio as gr
 
-    cache, history = Models(models), History(outputs)
+    cache, history = Models(models, device, dtype), History(outputs)
     names = list(models)
 
     def on_generate(*values):
@@ -274,10 +276,10 @@ def build_app(models: dict, outputs: str | os.PathLike, queue_size: int = 8):
 
 
 def serve(models: dict, outputs: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860,
-          queue_size: int = 8) -> None:
-    """Build the app and serve it until interrupted."""
+          queue_size: int = 8, device="auto", dtype="auto") -> None:
+    """Build the app and serve it until interrupted; models load onto `device` in `dtype`."""
     if not port_free(host, port):
         raise ValueError(f"port {port} is in use on {host}; pick another with --port")
-    app = build_app(models, outputs, queue_size)
+    app = build_app(models, outputs, queue_size, device=device, dtype=dtype)
     app.launch(server_name=host, server_port=port, show_error=False, quiet=True,
                allowed_paths=[str(Path(outputs).resolve())])
