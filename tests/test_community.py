@@ -118,6 +118,12 @@ SCHEDULERS = {
     "ddim-leading": ("DDIMScheduler", {"timestep_spacing": "leading", "steps_offset": 1}, 3),
     "euler-trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}, 4),
     "lcm": ("LCMScheduler", {}, 4),
+    # what SD folders ship and users pick (the real user's path)
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True, "timestep_spacing": "leading", "steps_offset": 1}, 5),
+    "unipc": ("UniPCMultistepScheduler", {}, 5),
+    "euler-karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}, 5),
+    "dpmpp-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, 5),
+    "sde-dpmpp-karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, 5),
 }
 
 

@@ -55,7 +55,10 @@ def _inflate(args: argparse.Namespace) -> None:
     from .schedule import NoiseSchedule
     from .text import TextEncoder
 
-    schedule = NoiseSchedule.for_training(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
+    from .folders import scheduler_config
+
+    raw = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    schedule = NoiseSchedule.from_config(scheduler_config(raw, _scheduler_arg(args.scheduler)))   # never silently changed
     codec = load_codec(None, folder)
     size = json.loads((folder / "unet" / "config.json").read_text()).get("sample_size") \
         if (folder / "unet" / "config.json").exists() else None
@@ -121,7 +124,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _scheduler_arg(text: str | None):
-    """`--scheduler NAME[:key=value,...]` -> a name, or a dict of scheduler config keys."""
+    """`--scheduler NAME[:key=value,...]` -> a name, or a dict of scheduler config keys (NAME: a class, a
+    sampler or a preset; `folders.scheduler_config` applies it)."""
     if text is None or ":" not in text:
         return text
     import yaml
@@ -133,10 +137,6 @@ def _scheduler_arg(text: str | None):
         if not eq:
             raise UsageError(f"--scheduler {text}: {item!r} must look like key=value")
         out[key.strip()] = yaml.safe_load(value)
-    if name:
-        from .schedule import SAMPLER_SCHEDULERS
-
-        out["_class_name"] = SAMPLER_SCHEDULERS.get(name, name)
     return out
 
 
@@ -488,11 +488,14 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
     p.add_argument("--prompt-at", action="append", default=[], metavar="FRAME:TEXT",
                    help="prompt travel: from FRAME on the prompt becomes TEXT (blended in between); repeatable")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed and stored)")
-    p.add_argument("--sampler", default=None, choices=["ddim", "euler", "euler_ancestral", "dpmpp_2m", "lcm"],
-                   help="default: the one the model folder's scheduler names")
+    p.add_argument("--sampler", default=None, choices=["ddim", "euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde",
+                                                       "plms", "unipc", "lcm"],
+                   help="walk the schedule with another sampler on the same grid (default: the one the model "
+                        "folder's scheduler names); --scheduler changes the scheduler itself")
     p.add_argument("--scheduler", default=None,
-                   help="replace the folder's scheduler: NAME[:key=value,...], e.g. ddim, LCMScheduler, "
-                        "EulerDiscreteScheduler:timestep_spacing=trailing,beta_schedule=linear")
+                   help="replace the folder's scheduler: NAME[:key=value,...], NAME a preset (animatediff), a sampler "
+                        "(ddim, plms, unipc, dpmpp_2m_sde, ...) or a class, e.g. "
+                        "EulerDiscreteScheduler:use_karras_sigmas=true")
     p.add_argument("--motion-adapter", default=None,
                    help="AnimateDiff motion module for a Stable Diffusion --model: MotionAdapter folder, .safetensors "
                         "or hub id")
@@ -587,6 +590,7 @@ def _model_parsers(sub) -> None:
                      help="temporal layers to add (default vidiff; animatediff = a fresh motion module)")
     inf.add_argument("--num-heads", default=None, help="spatial heads (int or per-level list a,b,c) for a bare state dict")
     inf.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    inf.add_argument("--scheduler", default=None, help="replace the source folder's scheduler (as generate --scheduler)")
     inf.set_defaults(run=_inflate)
 
 

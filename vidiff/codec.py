@@ -118,8 +118,11 @@ class VaeCodec:
             self.chunk = saved
 
     def to(self, device=None, dtype=None) -> "VaeCodec":
-        """Move the VAE."""
-        self.vae.to(device=device, dtype=dtype)
+        """Move the VAE (its dtype changes only when it differs: diffusers warns on every cast)."""
+        if dtype is not None and dtype != self.vae.dtype:
+            self.vae.to(dtype=dtype)
+        if device is not None:
+            self.vae.to(device=device)
         return self
 
     def safe_dtype(self, dtype: torch.dtype) -> torch.dtype:

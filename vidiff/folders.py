@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .codec import VaeCodec, load_codec
 from .convert import load_unet, refuse_pickle
-from .schedule import SAMPLER_SCHEDULERS, SCHEDULER_SAMPLERS, NoiseSchedule
+from .schedule import SAMPLER_SCHEDULERS, SCHEDULER_PRESETS, SCHEDULER_SAMPLERS, NoiseSchedule
 from .text import TextEncoder
 
 DIFFUSERS_PIPELINES = {          # class -> (components it needs, default guidance as diffusers has it)
@@ -42,21 +42,45 @@ def read_index(path: str | os.PathLike) -> dict:
     return json.loads(index_file.read_text())
 
 
+def scheduler_config(cfg: dict, override) -> dict:
+    """A folder's scheduler config with `override` applied: a preset (`animatediff`), a scheduler class or
+    sampler name (the class changes, the betas stay), or a dict of config keys (its `_class_name` may be either)."""
+    if isinstance(override, dict):
+        name = override.get("_class_name")
+        base = scheduler_config(cfg, name) if name else cfg
+        return {**base, **{k: v for k, v in override.items() if k != "_class_name"}}
+    if override is None:
+        return cfg
+    if not isinstance(override, str):
+        raise TypeError(f"scheduler must be a name or a dict of config keys, got {type(override).__name__}")
+    if override in SCHEDULER_PRESETS:
+        return {**cfg, **SCHEDULER_PRESETS[override]}
+    name = SAMPLER_SCHEDULERS.get(override, override)
+    if name not in SCHEDULER_SAMPLERS:
+        raise ValueError(f"scheduler {override!r} is not supported; supported: {', '.join(SCHEDULER_SAMPLERS)}, the "
+                         f"sampler names {', '.join(SAMPLER_SCHEDULERS)} or the presets {', '.join(SCHEDULER_PRESETS)}")
+    out = {**cfg, "_class_name": name}
+    if override == "dpmpp_2m_sde" or (name == "DPMSolverMultistepScheduler" and override != "dpmpp_2m"
+                                      and cfg.get("algorithm_type") == "sde-dpmsolver++"):
+        out["algorithm_type"] = "sde-dpmsolver++"
+    elif name == "DPMSolverMultistepScheduler":
+        out["algorithm_type"] = "dpmsolver++"
+    if name == "PNDMScheduler":
+        out["timestep_spacing"] = "leading"          # the only grid PLMS runs on
+    return out
+
+
 def _schedule(path: Path, override, motion_adapter=None) -> NoiseSchedule:
     file = path / "scheduler" / "scheduler_config.json"
     if not file.exists():
         raise FileNotFoundError(f"model folder {str(path)!r} has no scheduler/scheduler_config.json")
-    cfg = json.loads(file.read_text())
-    if isinstance(override, str):
-        name = SAMPLER_SCHEDULERS.get(override, override)
-        if name not in SCHEDULER_SAMPLERS:
-            raise ValueError(f"scheduler {override!r} is not supported; supported: {', '.join(SCHEDULER_SAMPLERS)} "
-                             f"(or the sampler names {', '.join(SAMPLER_SCHEDULERS)})")
-        cfg["_class_name"] = name
-    elif isinstance(override, dict):
-        cfg.update(override)
-    elif override is not None:
-        raise TypeError(f"scheduler must be a name or a dict of config keys, got {type(override).__name__}")
+    raw = json.loads(file.read_text())
+    cfg = scheduler_config(raw, override)
+    if motion_adapter is not None and override is None:
+        import warnings
+
+        warnings.warn(f"sampling with the Stable Diffusion folder's own {raw.get('_class_name')} and the motion adapter; "
+                      "AnimateDiff's own settings are --scheduler animatediff (scheduler='animatediff')")
     try:
         return NoiseSchedule.from_config(cfg)
     except ValueError as e:

@@ -63,7 +63,7 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
     n = 2 if cfg else 1
     kw = dict(cond=lat.repeat(n, 1, 1, 1, 1).to(pipe.dtype), cond_mask=mask.repeat(n, 1)) if framecond else {}
     guided = _guided(pipe, gscale, cfg, kw)
-    denoise = Denoiser(lambda x_t, t: guided(x_t, t, ctx), pipe.schedule)
+    denoise = Denoiser(lambda x_t, t: guided(x_t, t, ctx), pipe.schedule, plan)
     if known is not None and not framecond:
         lat, mask = known
         replace = per_frame(mask, x) > 0
@@ -78,7 +78,7 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
         extra["landing"] = landing
     if sampler == "lcm":
         extra.update(timesteps=plan.timesteps[start:], timestep_scaling=pipe.schedule.timestep_scaling)
-    if sampler in ("lcm", "euler_ancestral") or extra.get("eta"):
+    if sampler in ("lcm", "euler_ancestral", "dpmpp_2m_sde") or extra.get("eta"):
         extra["randn"] = noise_layout(pipe.unet.config)
     bar = tqdm(total=len(sigmas) - 1, desc=f"frames {offset}-{offset + f - 1}", disable=not progress, leave=False)
     with torch.no_grad():

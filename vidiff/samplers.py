@@ -117,6 +117,112 @@ def sample_dpmpp_2m(denoise, x, sigmas, *, generator=None, callback=None):
     return x
 
 
+def _lam(s: torch.Tensor) -> torch.Tensor:
+    """log-SNR half, lambda = log(alpha / sigma_vp) = -log(sigma) in k-diffusion units (inf at sigma 0)."""
+    return -s.log()
+
+
+def sample_dpmpp_2m_sde(denoise, x, sigmas, *, generator=None, callback=None, randn=None):
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022; diffusers' `algorithm_type="sde-dpmsolver++"`, midpoint).
+
+    In sigma units each step is x' = (s'/s) e^-h x + (1 - e^-2h) D + s' sqrt(1 - e^-2h) z, with D the
+    first- or second-order data estimate and h = log(s / s'); noise is drawn every step, as diffusers does.
+    """
+    levels = _levels(sigmas, x)
+    last = torch.as_tensor(sigmas).cpu().reshape(len(levels), -1).eq(0).all(1).tolist()
+    old = h_last = None
+    for i in range(len(levels) - 1):
+        s, s_next = levels[i], levels[i + 1]
+        denoised = denoise(x, s)
+        sb, nb = per_frame(s, x), per_frame(s_next, x)
+        h = (sb.clamp(min=1e-12) / nb.clamp(min=1e-12)).log()
+        noise = _randn(x, generator, randn)
+        d = denoised if old is None or last[i + 1] else denoised + (denoised - old) / (2 * h_last / h)
+        decay = torch.exp(-h)
+        x_next = (nb / sb.clamp(min=1e-12)) * decay * x + (1 - decay ** 2) * d \
+            + nb * (1 - decay ** 2).clamp(min=0).sqrt() * noise
+        x = _hold(x, x_next, s, s_next)
+        old, h_last = denoised, h
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+def sample_plms(denoise, x, sigmas, *, generator=None, callback=None):
+    """PLMS, the pseudo linear multistep method of PNDM (Liu et al. 2022; diffusers' PNDMScheduler with
+    skip_prk_steps, what Stable Diffusion folders ship).
+
+    Each step is DDIM's x' = x + (s' - s) e with e a multistep blend of the past noise estimates (Adams-Bashforth
+    weights 1, 3/2, 23/12, 55/24); the first step is a Heun-like predictor-corrector that costs one more model call.
+    """
+    levels = _levels(sigmas, x)
+    n = len(levels) - 1
+    history: list = []
+    for i in range(n):
+        s, s_next = levels[i], levels[i + 1]
+        sb, nb = per_frame(s, x), per_frame(s_next, x)
+        denoised = denoise(x, s)
+        e = (x - denoised) / sb.clamp(min=1e-12)
+        if i == 0 and n > 1:                       # predictor, then the average of both ends' estimates
+            x_pred = _hold(x, x + (nb - sb) * e, s, s_next)
+            e_next = (x_pred - denoise(x_pred, s_next)) / nb.clamp(min=1e-12)
+            history, e_use = [e], (e + e_next) / 2
+        else:
+            history = (history + [e])[-4:]
+            k = len(history)
+            w = {1: (1,), 2: (3, -1), 3: (23, -16, 5), 4: (55, -59, 37, -9)}[k]
+            e_use = sum(c * h for c, h in zip(w, reversed(history))) / {1: 1, 2: 2, 3: 12, 4: 24}[k]
+        x = _hold(x, x + (nb - sb) * e_use, s, s_next)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+def sample_unipc(denoise, x, sigmas, *, generator=None, callback=None):
+    """UniPC (Zhao et al. 2023; diffusers' UniPCMultistepScheduler defaults: order 2, bh2, predicting x0,
+    lower order at the ends, the corrector on every step after the first).
+
+    Before each predictor step the previous step is corrected with the model's estimate at the point it reached
+    (UniC, no extra model call); the predictor (UniP) is DPM-Solver++-like with a B(h) = e^h - 1 weighting.
+    """
+    levels = _levels(sigmas, x)
+    n = len(levels) - 1
+    ms: list = []              # data estimates at the last two levels
+    lams: list = []            # their lambdas
+    last_x = order = None
+    for i in range(n):
+        s, s_next = levels[i], levels[i + 1]
+        m = denoise(x, s)
+        lam = _lam(per_frame(s, x))
+        if i > 0:                                  # UniC: correct the step that led here
+            lam_prev, m_prev = lams[-1], ms[-1]
+            h = lam - lam_prev
+            phi = torch.expm1(-h)
+            x_c = (per_frame(s, x) / per_frame(levels[i - 1], x)) * last_x - phi * m_prev
+            b1 = (phi / -h - 1) / phi
+            if order == 1:
+                rho_last, corr = 0.5, 0
+            else:
+                rk = (lams[-2] - lam_prev) / h
+                b2 = ((phi / -h - 1) / -h - 0.5) * 2 / phi
+                rho1 = (b1 - b2) / (1 - rk)
+                rho_last, corr = b1 - rho1, rho1 * (ms[-2] - m_prev) / rk
+            x = _hold(x, x_c - phi * (corr + rho_last * (m - m_prev)), levels[i - 1], s)
+        ms, lams = (ms + [m])[-2:], (lams + [lam])[-2:]
+        order = min(2, n - i, len(ms))
+        last_x = x
+        h = _lam(per_frame(s_next, x)) - lam
+        phi = torch.expm1(-h)
+        x_next = (per_frame(s_next, x) / per_frame(s, x).clamp(min=1e-12)) * x - phi * m
+        if order == 2:                             # UniP-2: rho = 1/2 on the first difference
+            rk = (lams[-2] - lam) / h
+            x_next = x_next - phi * 0.5 * (ms[-2] - m) / rk
+        x = _hold(x, x_next, s, s_next)
+        if callback is not None:
+            callback(i, x, m)
+    return x
+
+
 def sample_lcm(denoise, x, sigmas, *, timesteps, timestep_scaling: float = 10.0, generator=None, callback=None,
                randn=None):
     """Latent consistency sampling (Luo et al. 2023; diffusers LCMScheduler), for AnimateLCM and LCM-LoRAs.
@@ -146,6 +252,9 @@ SAMPLERS = {
     "euler": sample_euler,
     "euler_ancestral": sample_euler_ancestral,
     "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "plms": sample_plms,
+    "unipc": sample_unipc,
     "lcm": sample_lcm,
 }
 

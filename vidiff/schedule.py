@@ -22,15 +22,25 @@ SPACINGS = ("leading", "linspace", "trailing")
 # diffusers scheduler class -> the vidiff sampler that walks the same trajectory
 SCHEDULER_SAMPLERS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
                       "EulerAncestralDiscreteScheduler": "euler_ancestral",
-                      "DPMSolverMultistepScheduler": "dpmpp_2m", "LCMScheduler": "lcm"}
-SAMPLER_SCHEDULERS = {v: k for k, v in SCHEDULER_SAMPLERS.items()}
+                      "DPMSolverMultistepScheduler": "dpmpp_2m", "LCMScheduler": "lcm",
+                      "PNDMScheduler": "plms", "UniPCMultistepScheduler": "unipc"}
+SAMPLER_SCHEDULERS = {**{v: k for k, v in SCHEDULER_SAMPLERS.items()}, "dpmpp_2m_sde": "DPMSolverMultistepScheduler"}
+# named scheduler configs a user picks by one word (CLI --scheduler NAME)
+SCHEDULER_PRESETS = {
+    # AnimateDiff's own (its repo and diffusers' AnimateDiff docs): DDIM, linear betas, linspace, offset 1
+    "animatediff": {"_class_name": "DDIMScheduler", "beta_schedule": "linear", "beta_start": 0.00085,
+                    "beta_end": 0.012, "timestep_spacing": "linspace", "steps_offset": 1, "clip_sample": False},
+}
 # config values these samplers do not reproduce: key -> the values that are fine
-_UNSUPPORTED = {"clip_sample": (False, None), "thresholding": (False, None), "use_karras_sigmas": (False, None),
+_UNSUPPORTED = {"clip_sample": (False, None), "thresholding": (False, None),
                 "use_exponential_sigmas": (False, None), "use_beta_sigmas": (False, None),
                 "use_lu_lambdas": (False, None), "final_sigmas_type": ("zero", None),
-                "interpolation_type": ("linear", None), "algorithm_type": ("dpmsolver++", None),
+                "interpolation_type": ("linear", None), "algorithm_type": ("dpmsolver++", "sde-dpmsolver++", None),
                 "solver_order": (2, None), "euler_at_final": (False, None), "use_flow_sigmas": (False, None),
-                "timestep_type": ("discrete", None)}
+                "timestep_type": ("discrete", None), "solver_type": ("midpoint", "bh2", None),
+                "predict_x0": (True, None), "disable_corrector": ([], None), "lower_order_final": (True, None),
+                "skip_prk_steps": (True, None), "use_dynamic_shifting": (False, None)}
+KARRAS = ("EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 
 
 def per_frame(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -79,6 +89,8 @@ class NoiseSchedule:
     class_name: str = "DDIMScheduler"        # diffusers' `_class_name`: picks the default sampler and its grid
     original_inference_steps: int = 50        # LCMScheduler: the distillation grid its steps are taken from
     timestep_scaling: float = 10.0            # LCMScheduler: boundary-condition scale
+    use_karras_sigmas: bool = False           # Euler / DPM++ / UniPC: Karras et al. (2022) rho=7 sigma spacing
+    algorithm_type: str = "dpmsolver++"       # DPMSolverMultistepScheduler: dpmsolver++ | sde-dpmsolver++ (noise each step)
     terminal_snr: float | None = None         # rescale sqrt(alphas_cumprod) linearly (Lin et al. 2023)
                                               # so the last timestep has this SNR, e.g. 1e-8: near zero,
                                               # yet a finite sigma for the samplers. None: as the betas give
@@ -96,6 +108,11 @@ class NoiseSchedule:
         if self.terminal_snr is not None and not 0 < self.terminal_snr < 1:
             raise ValueError(f"terminal_snr must be in (0, 1) (0 would make the top sigma infinite), "
                              f"got {self.terminal_snr}")
+        if self.use_karras_sigmas and self.class_name not in KARRAS:
+            raise ValueError(f"use_karras_sigmas=True works with {', '.join(KARRAS)}, not {self.class_name}")
+        if self.class_name == "PNDMScheduler" and self.timestep_spacing != "leading":
+            raise ValueError(f"PNDMScheduler runs with timestep_spacing='leading' (as SD ships it), got "
+                             f"{self.timestep_spacing!r}")
         if self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
         T = self.num_train_timesteps
@@ -144,6 +161,8 @@ class NoiseSchedule:
     @property
     def sampler(self) -> str:
         """The vidiff sampler that walks this scheduler's trajectory."""
+        if self.class_name == "DPMSolverMultistepScheduler" and self.algorithm_type == "sde-dpmsolver++":
+            return "dpmpp_2m_sde"
         return SCHEDULER_SAMPLERS[self.class_name]
 
     @classmethod
@@ -231,7 +250,11 @@ class NoiseSchedule:
                                  f"{self.original_inference_steps} steps, got {n}")
             idx = torch.floor(torch.linspace(0, len(origin), n + 1, dtype=torch.float64)[:-1]).long()
             ts, final = origin[idx], 0.0
-        elif cls == "DPMSolverMultistepScheduler":
+        elif cls in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler") and self.use_karras_sigmas:
+            ts, sig = self._karras(table.flip(0), n, round_t=self.beta_schedule != "squaredcos_cap_v2")
+            sigmas = torch.cat([sig, torch.tensor([0.0], dtype=torch.float64)])
+            return Plan(ts, sigmas.float(), None, (float(sigmas.max()) ** 2 + 1) ** 0.5, exact_t=True)
+        elif cls in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
             if self.timestep_spacing == "linspace":
                 ts = torch.linspace(0, T - 1, n + 1, dtype=torch.float64).round().flip(0)[:-1]
             elif self.timestep_spacing == "leading":
@@ -239,6 +262,15 @@ class NoiseSchedule:
             else:
                 ts = (torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1)[:n]
             final = 0.0
+        elif cls == "EulerDiscreteScheduler" and self.use_karras_sigmas:
+            spaced = self.sigma_at(self.timesteps(n))
+            ts, sig = self._karras(spaced, n, round_t=False)
+            sigmas = torch.cat([sig, torch.tensor([0.0], dtype=torch.float64)])
+            s0 = float(sigmas.max())
+            init = s0 if self.timestep_spacing != "leading" else (s0 ** 2 + 1) ** 0.5
+            return Plan(ts, sigmas.float(), None, init, exact_t=True)
+        elif cls == "PNDMScheduler":
+            ts = self.timesteps(n).round()
         else:
             ts = self.timesteps(n)
             if cls == "DDIMScheduler":
@@ -257,6 +289,19 @@ class NoiseSchedule:
         else:
             init = (s0 ** 2 + 1) ** 0.5                    # VP-space schedulers start at unit variance
         return Plan(ts, sigmas.float(), None if landing is None else landing.float(), init)
+
+    def _karras(self, spaced: torch.Tensor, n: int, round_t: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(timesteps, sigmas) of Karras et al.'s rho=7 spacing between the ends of `spaced` (descending), each
+        timestep read back log-linearly from the table, as diffusers' `_convert_to_karras` / `_sigma_to_t` do."""
+        lo, hi = float(spaced[-1]), float(spaced[0])
+        ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+        sig = (hi ** (1 / 7) + ramp * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7
+        log_table = self.sigmas_table.log()
+        ls = sig.clamp(min=1e-10).log()
+        low = ((ls[None] - log_table[:, None]) >= 0).long().cumsum(0).argmax(0).clamp(max=len(log_table) - 2)
+        w = ((log_table[low] - ls) / (log_table[low] - log_table[low + 1])).clamp(0, 1)
+        ts = (1 - w) * low + w * (low + 1)
+        return (ts.round() if round_t else ts), sig
 
     def sigma_at(self, t: torch.Tensor) -> torch.Tensor:
         """sigma at (fractional) timesteps, linear in between table entries as diffusers' Euler does."""
@@ -290,6 +335,8 @@ class Plan:
     sigmas: torch.Tensor               # (n + 1,) level of x at each step, then the final level
     landing: torch.Tensor | None       # (n,) where DDIM's update lands, when that is not sigmas[1:]
     init_sigma: float                  # sampling starts at x = noise * init_sigma (k-diffusion units)
+    exact_t: bool = False              # the model sees `timesteps` themselves at `sigmas` (Karras grids: a rounded
+                                       # or log-read t that `sigma_to_t` would not give back)
 
     @property
     def output_scale(self) -> float:
@@ -298,16 +345,31 @@ class Plan:
 
 
 class Denoiser:
-    """Wrap `model(x_t, t) -> prediction` (VP input) as `D(x, sigma) -> x0` (VE input) for samplers."""
+    """Wrap `model(x_t, t) -> prediction` (VP input) as `D(x, sigma) -> x0` (VE input) for samplers.
 
-    def __init__(self, model, schedule: NoiseSchedule):
+    With a `plan` whose `exact_t` is set, a sigma of the plan's grid is shown to the model as the plan's own
+    timestep (diffusers' Karras grids); any other sigma (0 for a given frame) as `sigma_to_t` reads it.
+    """
+
+    def __init__(self, model, schedule: NoiseSchedule, plan: "Plan | None" = None):
         self.model, self.schedule = model, schedule
+        self.grid = (plan.sigmas[:-1], plan.timesteps.float()) if plan is not None and plan.exact_t else None
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The model's timestep for each sigma."""
+        t = self.schedule.sigma_to_t(sigma)
+        if self.grid is None:
+            return t
+        grid_s, grid_t = (g.to(sigma.device) for g in self.grid)
+        hit = (sigma[..., None] == grid_s).float()                            # (..., n)
+        exact = (hit * grid_t).sum(-1) / hit.sum(-1).clamp(min=1)
+        return torch.where(hit.sum(-1) > 0, exact, t)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """x0 estimate for x = x0 + sigma * eps; sigma `(b,)` or `(b, f)`."""
         s = per_frame(sigma, x)
         a = 1 / (1 + s ** 2).sqrt()                      # sqrt(alpha_cumprod)
-        out = self.model(x * a, self.schedule.sigma_to_t(sigma))
+        out = self.model(x * a, self.timestep(sigma))
         if self.schedule.prediction_type == "epsilon":
             return x - s * out
         if self.schedule.prediction_type == "sample":
