@@ -378,7 +378,7 @@ class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
             return None
         r = self.codec.factor
         lat = torch.zeros(b, self.codec.channels, f, h // r, w // r, device=self.device)
-        mask = torch.zeros(b, f, device=self.device)
+        mask = torch.zeros(b, f)                            # host-side: it decides, per frame, what is sampled
         for i, img in given.items():
             img = as_frames(img)[0]
             if not 0 <= i < f:

@@ -40,8 +40,8 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
     if noise is None:
         noise = randn(shape, generator)
     noise = noise.to(pipe.device, torch.float32)
-    sigmas = plan.sigmas.to(pipe.device)[start:]
-    landing = None if plan.landing is None else plan.landing.to(pipe.device)[start:]
+    sigmas = plan.sigmas[start:]                     # host-side: samplers move them; given-frame masks are host-side
+    landing = None if plan.landing is None else plan.landing[start:]
     x = noise * plan.init_sigma if init is None else init.to(pipe.device, torch.float32) + sigmas[0] * noise
     cfg = ctx.shape[0] == 2
     if ctx.shape[0] != b * (2 if cfg else 1):                  # [negative, positive] -> one per video
@@ -52,7 +52,7 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
     framecond = known is not None and pipe.unet.config.frame_conditioning
     if framecond:
         lat, mask = known
-        frozen = mask.bool()
+        frozen = mask.bool().cpu()
         sigmas = sigmas[:, None, None].expand(-1, b, f).clone()
         sigmas[:, frozen] = 0                         # given frames sit at level 0 throughout
         if landing is not None:
@@ -125,7 +125,7 @@ def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, seams:
     windows = 0
     while start < f and not done[start:].all():
         end = min(start + chunk, f)
-        win_mask = done[start:end].float()[None].expand(b, -1).to(pipe.device)
+        win_mask = done[start:end].float()[None].expand(b, -1)
         win_known = (out[:, :, start:end], win_mask) if done[start:end].any() else None
         new = torch.nonzero(~done[start:end])
         if seams is not None and len(new) and windows:

@@ -43,8 +43,13 @@ def joint_group_norm(x: torch.Tensor, f: int, norm: nn.GroupNorm) -> torch.Tenso
     per_group = lambda t: t.view(b, g, c // g).mean(-1, keepdim=True).expand(b, g, c // g).reshape(b, 1, c)  # noqa: E731
     mean = per_group(xf.mean(1))
     var = per_group((xf - mean).square().mean(1))
+    hook = getattr(norm, "_hf_hook", None)          # sequential offload: the norm's weights arrive in its hook
+    if hook is not None:
+        hook.pre_forward(norm)
     scale = torch.rsqrt(var + norm.eps) * norm.weight.float()
     shift = norm.bias.float() - mean * scale
+    if hook is not None:
+        hook.post_forward(norm, None)
     return torch.addcmul(shift.to(x.dtype), xs, scale.to(x.dtype)).view(b, f, hh * ww, c)   # b f (h w) c
 
 

@@ -115,5 +115,6 @@ class TextEncoder:
                     warnings.warn(f"words outside the model's vocabulary are ignored: {', '.join(unknown)}")
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
                              return_tensors="pt")["input_ids"]
-        device = next(self.model.parameters()).device
+        # under offload (accelerate hooks) the hook moves the ids to where the model runs
+        device = "cpu" if hasattr(self.model, "_hf_hook") else next(self.model.parameters()).device
         return self.model(ids.to(device))[0]
