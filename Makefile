@@ -31,4 +31,12 @@ test-fast: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/unet_speed.py
 
-.PHONY: install demo test test-fast bench browser
+# On a machine with an NVIDIA GPU: the diffusers parity tests on CUDA (fp32, fp16), then the SD 1.5 + AnimateDiff
+# speed / VRAM benchmark. Without CUDA it says so in one line and exits 0. Install the CUDA torch wheel first
+# (README "On a GPU").
+gpu-check: $(VENV)/.installed
+	@$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)" || \
+	  { echo "gpu-check: no CUDA device here (torch.cuda.is_available() is False); skipped"; exit 0; }; \
+	$(PY) -m pytest -q tests/test_gpu.py && $(PY) benchmarks/gpu_speed.py --json gpu-check.json
+
+.PHONY: install demo test test-fast bench browser gpu-check

@@ -19,7 +19,6 @@ import torch
 from vidiff import testing
 from vidiff.convert import config_from_motion_unet, config_from_unet3d
 from vidiff.unet import load_weights
-from vidiff.unet import UNet
 
 from unet_speed import timed_all      # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 

@@ -275,12 +275,12 @@ def test_bad_community_inputs_are_one_line_and_exit_2(folders, tmp_path, capsys)
     pndm = tmp_path / "pndm"
     shutil.copytree(folders / "modelscope", pndm)
     cfg = json.loads((pndm / "scheduler" / "scheduler_config.json").read_text())
-    (pndm / "scheduler" / "scheduler_config.json").write_text(json.dumps({**cfg, "_class_name": "PNDMScheduler"}))
+    (pndm / "scheduler" / "scheduler_config.json").write_text(json.dumps({**cfg, "_class_name": "KDPM2DiscreteScheduler"}))
     cases = [
         (["--model", str(folders / "sd"), "--motion-adapter", str(tmp_path / "wide")], r"\(16, 32\).*\(8, 16\)"),
         (["--model", str(folders / "sd"), "--motion-adapter", str(tmp_path / "mm.ckpt")], "pickle"),
         (["--model", str(broken)], "has no vae/"),
-        (["--model", str(pndm)], "PNDMScheduler.*supported: DDIMScheduler"),
+        (["--model", str(pndm)], "KDPM2DiscreteScheduler.*supported: DDIMScheduler"),
         (["--model", str(folders / "animatediff"), "--frames", "40"], "positional table of 32 frames"),
         (["--model", str(folders / "sd")], "image model.*--motion-adapter"),
     ]

@@ -85,7 +85,7 @@ def test_guidance_ramp_and_negative_prompt(pipe):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_frames=0), "num_frames"), (dict(height=30), "height must be a positive multiple of 4"),
-    (dict(num_inference_steps=0), "num_inference_steps"), (dict(sampler="plms"), "unknown sampler"),
+    (dict(num_inference_steps=0), "num_inference_steps"), (dict(sampler="heun"), "unknown sampler"),
     (dict(mode="diagonal"), "mode"), (dict(mode="autoregressive", chunk=4, context=4), "context"),
 ])
 def test_bad_arguments(pipe, kwargs, match):
@@ -216,7 +216,7 @@ def test_cli_image_to_video(model_dir, tmp_path):
 
 @pytest.mark.parametrize("args, word", [
     (["--frames", "0"], "--frames"), (["--steps", "0"], "--steps"), (["--height", "30"], "height"),
-    (["--model", "/no/such/model"], "--model"), (["--sampler", "plms"], "--sampler"),
+    (["--model", "/no/such/model"], "--model"), (["--sampler", "heun"], "--sampler"),
     (["-o", "/no/such/dir/x.mp4"], "does not exist"), (["--image", "NOTANIMAGE"], "--image"),
     (["--image", "BADIMAGE"], "cannot read image"), (["-o", "x.avi"], "suffix"),
 ])

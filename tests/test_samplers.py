@@ -226,9 +226,11 @@ def test_scheduler_plan_walks_the_diffusers_trajectory(cls, kw, n):
 
 
 def test_unsupported_scheduler_configs_are_clear_errors():
-    with pytest.raises(ValueError, match="PNDMScheduler.*supported: DDIMScheduler"):
-        NoiseSchedule.from_config({"_class_name": "PNDMScheduler"})
+    with pytest.raises(ValueError, match="KDPM2DiscreteScheduler.*supported: DDIMScheduler"):
+        NoiseSchedule.from_config({"_class_name": "KDPM2DiscreteScheduler"})
+    with pytest.raises(ValueError, match="PNDMScheduler runs with timestep_spacing='leading'"):
+        NoiseSchedule.from_config({"_class_name": "PNDMScheduler", "timestep_spacing": "linspace"})
     with pytest.raises(ValueError, match="clip_sample=True"):
         NoiseSchedule.from_config({"_class_name": "DDIMScheduler", "clip_sample": True})
-    with pytest.raises(ValueError, match="use_karras_sigmas"):
-        NoiseSchedule.from_config({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": True})
+    with pytest.raises(ValueError, match="use_karras_sigmas=True works with"):
+        NoiseSchedule.from_config({"_class_name": "DDIMScheduler", "use_karras_sigmas": True})
