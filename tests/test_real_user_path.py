@@ -389,3 +389,24 @@ def test_loading_sd_and_adapter_holds_about_one_copy_of_the_weights(tmp_path):
     peak = int(out.stdout.strip().splitlines()[-1])
     assert weights > 200e6
     assert peak <= 1.3 * weights, f"loading took {peak / 1e6:.0f} MB for {weights / 1e6:.0f} MB of weights"
+
+
+def test_a_training_step_with_ema_runs_on_the_meta_device():
+    from vidiff.config import load_config
+    from vidiff.train import Objective, draw
+
+    pipe = testing.tiny_pipeline()
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [])
+    unet = pipe.unet.to("meta").train()
+    trainable = list(unet.named_parameters())
+    optimizer = torch.optim.AdamW([p for _, p in trainable], lr=1e-3)
+    ema = make_ema(trainable)                                  # made where the weights are (after prepare)
+    objective = Objective(unet, pipe.schedule)
+    x0 = torch.zeros(2, 12, 4, 16, 16, device="meta")
+    t, noise, mask, _ = draw(torch.zeros(2, 12, 4, 16, 16), cfg, pipe.schedule, torch.Generator().manual_seed(0), True)
+    ctx = torch.zeros(2, 16, 32, device="meta")
+    loss = objective((x0, ctx, t.to("meta"), noise.to("meta"), mask.to("meta")))
+    loss.backward()
+    optimizer.step()
+    _update_ema(ema, trainable, 0.99, 1)
+    assert loss.device.type == "meta" and all(v.device.type == "meta" for v in ema.values())

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from .devices import resolve_device
 
 
@@ -84,7 +82,3 @@ class PipelineMemory:
         """None, "model" or "sequential": how the weights are kept."""
         return self._offload
 
-
-def weights_bytes(*modules: torch.nn.Module) -> int:
-    """Bytes of the parameters of `modules` (what a copy of the weights takes)."""
-    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
