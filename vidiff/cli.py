@@ -123,10 +123,10 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: diffusers {kind[0]} folder")
 
 
-def _scheduler_arg(text: str | None):
+def _scheduler_arg(text):
     """`--scheduler NAME[:key=value,...]` -> a name, or a dict of scheduler config keys (NAME: a class, a
-    sampler or a preset; `folders.scheduler_config` applies it)."""
-    if text is None or ":" not in text:
+    sampler or a preset; `folders.scheduler_config` applies it). A dict (from --from-settings) is kept."""
+    if text is None or isinstance(text, dict) or ":" not in text:
         return text
     import yaml
 
@@ -233,16 +233,22 @@ def _run(args: argparse.Namespace, pipe, frames: int, height: int, width: int, m
         args.steps = int(pipe.defaults.get("num_inference_steps", 25))      # the model's own (distilled: fewer)
     pipe.check_args(frames, height, width, args.steps, args.sampler, args.mode, args.chunk, args.context,
                     1.0 if args.guidance is None else args.guidance, args.fps or 8, getattr(args, "stride", 4))
+    if args.mode == "fifo":
+        args.steps = None                                    # fifo walks partitions x chunk levels
     guidance = pipe.defaults.get("guidance_scale", 7.5) if args.guidance is None else args.guidance
-    pipe.guard(frames, height, width, args.mode, args.chunk, guidance > 1, args.force)
+    pipe.guard(frames, height, width, args.mode, args.chunk, max(guidance if isinstance(guidance, list) else [guidance]) > 1,
+               args.force)
     if args.seed is None:
         args.seed = random.randrange(2 ** 31)
         print(f"seed {args.seed} (pass --seed {args.seed} to make this video again)")
     kwargs = dict(negative_prompt=args.negative_prompt, height=height, width=width, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, sampler=args.sampler, seed=args.seed, fps=args.fps)
+                  guidance_scale=args.guidance, sampler=args.sampler, seed=args.seed, fps=args.fps, eta=args.eta)
     t0 = time.perf_counter()
     video = make(kwargs)
     seconds = time.perf_counter() - t0
+    from .replay import record_inputs
+
+    video.settings.update(command=args.command, inputs=record_inputs(args))    # --from-settings remakes it
     video.save(args.output, upscale=args.upscale)
     f, h, w, _ = video.frames.shape
     up = f", shown {args.upscale}x" if args.upscale > 1 else ""
@@ -309,6 +315,16 @@ def _batch(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    if args.from_settings is not None:
+        from .io import read_settings
+        from .replay import apply_settings
+
+        if not os.path.exists(args.from_settings):
+            raise UsageError(f"--from-settings {args.from_settings}: file does not exist")
+        args.command = apply_settings(args, read_settings(args.from_settings), args.from_settings)
+        args.from_settings = None
+        {"generate": _generate, "extend": _extend, "interpolate": _interpolate}[args.command](args)
+        return
     if args.prompts is not None:
         _batch(args)
         return
@@ -488,6 +504,7 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
     p.add_argument("--prompt-at", action="append", default=[], metavar="FRAME:TEXT",
                    help="prompt travel: from FRAME on the prompt becomes TEXT (blended in between); repeatable")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed and stored)")
+    p.add_argument("--eta", type=float, default=0.0, help="ddim / euler_ancestral: stochasticity (0: deterministic DDIM)")
     p.add_argument("--sampler", default=None, choices=["ddim", "euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde",
                                                        "plms", "unipc", "lcm"],
                    help="walk the schedule with another sampler on the same grid (default: the one the model "
@@ -536,6 +553,9 @@ def _make_parsers(sub) -> None:
     gen.add_argument("--naming", default="slug", choices=["slug", "vbench"],
                      help="batch file names: slug ({slug}-{seed}.mp4) or vbench ({prompt}-{index}.mp4)")
     gen.add_argument("--video", default=None, help="input video to restyle (video-to-video); keeps its motion and fps")
+    gen.add_argument("--from-settings", default=None, metavar="VIDEO",
+                     help="make a vidiff video again from the settings stored in it (model, adapter, scheduler, "
+                          "LoRAs, seed, inputs); -o names the new file")
     gen.add_argument("--strength", type=float, default=None,
                      help="with --video: how far the input is noised, 0 (kept) .. 1 (redrawn); default 0.6")
     gen.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"],

@@ -261,10 +261,12 @@ class Adapters:
     def __init__(self, models: dict):
         self.models = models                 # {"unet": module, "text_encoder": module}
         self.scales: dict = {}
+        self.sources: dict = {}              # name -> the path (absolute) or hub id it was loaded from
         self._saved: dict | None = None      # weights before fuse, restored bit for bit by unfuse
 
-    def load(self, path, scale: float = 1.0, name: str | None = None) -> str:
-        """Load a LoRA file as adapter `name` (default: the file's stem) at `scale`; returns the name."""
+    def load(self, path, scale: float = 1.0, name: str | None = None, source: str | None = None) -> str:
+        """Load a LoRA file as adapter `name` (default: the file's stem) at `scale`; returns the name.
+        `source` is how it was named (a hub id), recorded for the settings; default: the file's path."""
         if self._saved is not None:
             raise ValueError("LoRAs are fused; unfuse_lora() before loading another")
         name = name or Path(path).stem
@@ -277,6 +279,7 @@ class Adapters:
         for target, modules in parts.items():
             attach(self.models[target], modules, name)
         self.scales[name] = float(scale)
+        self.sources[name] = source or str(Path(path).resolve())
         self.apply()
         return name
 
@@ -332,6 +335,7 @@ class Adapters:
                     if n in layer.lora_A:
                         layer.delete_adapter(n)
             del self.scales[n]
+            self.sources.pop(n, None)
         for model in self.models.values():
             if model is not None:
                 _strip(model)
@@ -359,8 +363,9 @@ class PipelineLoras:
         (`org/name` or `org/name/file.safetensors`, read from the hub cache offline). Returns its name."""
         from .hub import resolve_file
 
-        return self.adapters.load(resolve_file(path, "LoRA"), scale, name or (None if Path(str(path)).exists()
-                                                                               else Path(str(path)).stem))
+        local = Path(str(path)).exists()
+        return self.adapters.load(resolve_file(path, "LoRA"), scale, name or (None if local else Path(str(path)).stem),
+                                  source=None if local else str(path))
 
     def set_lora_scales(self, scales: dict) -> None:
         """{name: scale} of the loaded LoRAs; one left out is off."""

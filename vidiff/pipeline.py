@@ -143,12 +143,14 @@ class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
             if not (path / "model_index.json").exists():
                 raise FileNotFoundError(f"the default model is not installed at {path}; pass a model folder")
         folder, source = resolve_model(path, revision=revision, variant=variant)
-        adapter = None if motion_adapter is None else resolve_model(motion_adapter, revision=None, kind="motion adapter",
+        adapter = None if motion_adapter is None else resolve_model(motion_adapter, kind="motion adapter",
                                                                     variant=variant)[0]
         unet, text, schedule, codec, defaults = load_components(folder, adapter, scheduler, variant=variant)
         device = resolve_device(device)
         pipe = cls(unet, text, schedule, codec, defaults).to(device, resolve_dtype(dtype, device))
-        pipe.source = source
+        pipe.source, pipe.variant = source, variant
+        pipe.adapter_source = None if motion_adapter is None else resolve_model(
+            motion_adapter, kind="motion adapter", variant=variant)[1]
         return pipe
 
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
@@ -283,14 +285,23 @@ class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
                     "mode": mode, "chunk": chunk, "context": context, "fps": fps,
                     **({"stride": stride, "weighting": weighting, "noise_type": noise_type} if mode == "windows" else {}),
                     "first_frame_first": bool(first_frame_first), "given_frames": sorted(given or {}),
-                    "model": getattr(self, "source", None), "vidiff": getattr(vidiff, "__version__", None),
-                    "seams": seams, **({"strength": strength} if init is not None else {}),
-                    **({"loras": dict(self._adapters.scales)} if getattr(self, "_adapters", None) else {})}
+                    "vidiff": getattr(vidiff, "__version__", None),
+                    "seams": seams, **({"strength": strength} if init is not None else {}), **self.recipe()}
         if mode == "fifo":
             settings.update(partitions=partitions, lookahead=lookahead, num_inference_steps=partitions * chunk)
             return Video(frames, fps, settings, None)
         videos = [Video(self._decode(out[i:i + 1]), fps, dict(settings), seams) for i in range(b)]
         return videos[0] if b == 1 else videos
+
+    def recipe(self) -> dict:
+        """What loads this pipeline again: model (path or hub id@revision), motion adapter, variant, dtype, the
+        whole scheduler config and the LoRAs with their sources and scales (stored in every video's settings)."""
+        adapters = getattr(self, "_adapters", None)
+        return {"model": getattr(self, "source", None), "motion_adapter": getattr(self, "adapter_source", None),
+                "variant": getattr(self, "variant", None), "dtype": str(self.dtype).removeprefix("torch."),
+                "scheduler": self.schedule.to_config(),
+                **({"loras": [{"name": n, "source": adapters.sources.get(n), "scale": s}
+                              for n, s in adapters.scales.items()]} if adapters else {})}
 
     def animate(self, image, prompt: str | dict = "", resize: str | None = None, **kwargs) -> Video:
         """Image-to-video: frame 0 is `image` (path, PIL, numpy `h w 3` uint8; a video gives its first frame).

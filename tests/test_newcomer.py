@@ -1,0 +1,133 @@
+"""What a diffusers user and a newcomer hit: one scheduler option, the AnimateDiff preset, videos remade from their
+settings, the web UI's first form, long-video messages, FIFO's cost, precision notes."""
+
+import json
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vidiff import testing
+from vidiff.cli import main
+from vidiff.io import read_settings, read_video
+from vidiff.pipeline import VideoPipeline
+
+PROMPT = "a red circle moving left"
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, [line for line in err.splitlines() if line.strip() and "%|" not in line]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("newcomer")
+    testing.tiny_animatediff_folder(root / "animatediff")
+    testing.tiny_sd_folder(root / "sd")
+    testing.tiny_modelscope_folder(root / "modelscope")
+    testing.tiny_model(root / "vidiff")
+    pipe = VideoPipeline.from_pretrained(root / "animatediff")
+    lora = {}
+    for n, m in pipe.unet.named_modules():
+        if re.search(r"attentions\.0\.transformer_blocks\.0\.attn1\.to_q$", n):
+            lora[f"unet.{n}.lora_A.weight"] = torch.randn(2, m.in_features) * 0.3
+            lora[f"unet.{n}.lora_B.weight"] = torch.randn(m.out_features, 2) * 0.3
+    save_file(lora, str(root / "style.safetensors"))
+    Path(root / "first.png").parent.mkdir(exist_ok=True)
+    from PIL import Image
+
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(root / "first.png")
+    return root
+
+
+SMALL = ["--frames", "4", "--height", "16", "--width", "16", "--steps", "2"]
+FAMILIES = {
+    "vidiff": lambda r: ["--model", r / "vidiff", "--frames", "4", "--steps", "2"],
+    "sd+adapter+lora": lambda r: ["--model", r / "sd", "--motion-adapter", r / "animatediff" / "motion_adapter",
+                                  "--scheduler", "animatediff", "--lora", f"{r / 'style.safetensors'}:0.7", *SMALL],
+    "modelscope": lambda r: ["--model", r / "modelscope", "--sampler", "euler_ancestral", *SMALL],
+    "animatediff-i2v": lambda r: ["--model", r / "animatediff", "--image", r / "first.png", *SMALL],
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_video_is_remade_bit_for_bit_from_its_settings(folders, family, tmp_path, capsys):
+    first = tmp_path / "first.mp4"
+    code, _, err = cli(capsys, "generate", PROMPT, *FAMILIES[family](folders), "--seed", "5", "-o", first)
+    assert code == 0, err
+    settings = read_settings(first)
+    assert Path(settings["model"]).is_absolute() and settings["scheduler"]["_class_name"]
+    if family == "sd+adapter+lora":
+        assert settings["motion_adapter"] and settings["loras"][0]["scale"] == 0.7
+        assert settings["scheduler"]["beta_schedule"] == "linear"
+    again = tmp_path / "again.mp4"
+    code, _, err = cli(capsys, "generate", "--from-settings", first, "-o", again)
+    assert code == 0, err
+    assert np.array_equal(read_video(first)[0], read_video(again)[0])
+    assert read_settings(again) == settings
+
+
+def test_extend_is_remade_from_its_settings(folders, tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    assert cli(capsys, "generate", PROMPT, "--model", folders / "animatediff", *SMALL, "--seed", "1", "-o", clip)[0] == 0
+    longer = tmp_path / "longer.mp4"
+    code, _, err = cli(capsys, "extend", clip, "--prompt", PROMPT, "--model", folders / "animatediff", "--frames", "4",
+                       "--chunk", "6", "--context", "2", "--steps", "2", "--seed", "2", "-o", longer)
+    assert code == 0, err
+    code, _, err = cli(capsys, "generate", "--from-settings", longer, "-o", tmp_path / "again.mp4")
+    assert code == 0, err
+    assert np.array_equal(read_video(longer)[0], read_video(tmp_path / "again.mp4")[0])
+
+
+def test_from_settings_of_a_file_without_settings_is_one_line(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "plain.png", np.zeros((8, 8, 3), np.uint8))
+    code, _, err = cli(capsys, "generate", "--from-settings", tmp_path / "plain.png", "-o", tmp_path / "x.mp4")
+    assert code == 2 and len(err) == 1 and "holds no vidiff settings" in err[0]
+
+
+# ---- one scheduler option ------------------------------------------------------------------------------
+
+def test_every_model_command_takes_the_same_scheduler_option(folders, tmp_path, capsys):
+    sd = tmp_path / "sd-pndm"
+    shutil.copytree(folders / "sd", sd)
+    diffusers.PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                            steps_offset=1).save_pretrained(sd / "scheduler")
+    adapter = folders / "animatediff" / "motion_adapter"
+    code, _, err = cli(capsys, "convert", sd, "--motion-adapter", adapter, "--scheduler", "ddim", "--out", tmp_path / "c")
+    assert code == 0, err
+    code, _, err = cli(capsys, "inflate", sd, "--out", tmp_path / "i")
+    assert code == 0, err                                   # the folder's PNDM is kept, not rewritten as DDIM
+    assert json.loads((tmp_path / "i" / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == "PNDMScheduler"
+    code, _, err = cli(capsys, "inflate", sd, "--scheduler", "animatediff", "--out", tmp_path / "i2")
+    cfg = json.loads((tmp_path / "i2" / "scheduler" / "scheduler_config.json").read_text())
+    assert code == 0 and cfg["_class_name"] == "DDIMScheduler" and cfg["beta_schedule"] == "linear"
+    for flag in ("--sampler", "--scheduler"):               # both names work on an SD folder as it ships
+        code, _, err = cli(capsys, "generate", PROMPT, "--model", sd, "--motion-adapter", adapter, flag, "ddim",
+                           *SMALL, "--seed", "0", "-o", tmp_path / f"{flag[2:]}.mp4")
+        assert code == 0, err
+
+
+def test_animatediff_preset_matches_diffusers_animatediff_ddim(folders):
+    sd_cfg = json.loads((folders / "sd" / "scheduler" / "scheduler_config.json").read_text())
+    ref = diffusers.AnimateDiffPipeline.from_pretrained(folders / "animatediff")
+    ref.scheduler = diffusers.DDIMScheduler.from_config(sd_cfg, clip_sample=False, timestep_spacing="linspace",
+                                                        beta_schedule="linear", steps_offset=1)
+    ref.set_progress_bar_config(disable=True)
+    ours = VideoPipeline.from_pretrained(folders / "sd", motion_adapter=folders / "animatediff" / "motion_adapter",
+                                         scheduler="animatediff")
+    lat = torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    r = ref(prompt=PROMPT, latents=lat.clone(), num_frames=8, height=16, width=16, num_inference_steps=5,
+            output_type="latent").frames
+    o = ours(PROMPT, latents=lat.clone(), num_inference_steps=5, guidance_scale=7.5, output_type="latent", seed=0,
+             progress=False)
+    assert float((o - r).abs().max() / r.abs().max()) <= 1e-4
