@@ -59,6 +59,14 @@ def test_browser_generates_shows_history_and_errors(server, tmp_path):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(url)
+        from vidiff.pipeline import VideoPipeline
+
+        d = VideoPipeline.from_pretrained(root / "models" / "tiny").defaults       # the first model in the list
+        sync_api.expect(page.locator("#steps input")).to_have_value(str(int(d.get("num_inference_steps", 25))))
+        sync_api.expect(page.locator("#frames input")).to_have_value(str(d["num_frames"]))
+        sync_api.expect(page.locator("#height input")).to_have_value(str(d["height"]))
+        guidance = float(page.locator("#guidance input").input_value())
+        assert guidance == float(d.get("guidance_scale", 7.5))
         page.locator("#prompt textarea").fill("a red circle moving right")
         for field, value in (("frames", "5"), ("steps", "2"), ("height", "32"), ("width", "32")):
             page.locator(f"#{field} input").fill(value)
@@ -117,6 +125,8 @@ def test_gradio_client_drives_the_same_app(server):
                        api_name="/generate")
     ok = client.predict(*args, api_name="/generate")                      # still serving after an error
     assert Path(ok[0]).exists()
+    only_prompt = client.predict("a blue square moving up", api_name="/generate")   # every other field at its default
+    assert read_video(only_prompt[0])[0].shape[0] >= 1 and Path(only_prompt[0]).suffix == ".mp4"
     # the page's progress bar: the sampler's steps reach the client while it runs
     long_run = list(args)
     long_run[7] = 120                                                     # steps: long enough to be seen running

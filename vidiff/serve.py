@@ -182,6 +182,11 @@ def build_app(models: dict, outputs: str | os.PathLike, queue_size: int = 8, dev
 
     cache, history = Models(models, device, dtype), History(outputs)
     names = list(models)
+    d = cache.get(names[0]).defaults                 # the first form shows the selected model's own defaults
+    initial = {"prompt": "a red circle moving right", "negative": "", "model": names[0], "frames": d["num_frames"],
+               "fps": d["fps"], "height": d["height"], "width": d["width"],
+               "steps": int(d.get("num_inference_steps", 25)), "guidance": float(d.get("guidance_scale", 7.5)),
+               "seed": 0, "sampler": SAMPLERS[0], "mode": "all"}
 
     def on_generate(*values):
         *form, image, video, strength, _progress = values
@@ -197,8 +202,10 @@ def build_app(models: dict, outputs: str | os.PathLike, queue_size: int = 8, dev
     # gradio finds its Progress (which relays the sampler's tqdm bar to the page) only among positional
     # parameters, and a `*values` handler has none: name them, the progress last.
     P = inspect.Parameter
+    # Defaults (the first form's values) let an API call name only the prompt.
     on_generate.__signature__ = inspect.Signature(
-        [P(n, P.POSITIONAL_OR_KEYWORD) for n in (*FIELDS, "image", "video", "strength")]
+        [P(n, P.POSITIONAL_OR_KEYWORD, default=initial[n]) for n in FIELDS]
+        + [P(n, P.POSITIONAL_OR_KEYWORD, default=v) for n, v in (("image", None), ("video", None), ("strength", 0.6))]
         + [P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress(track_tqdm=True))])
 
     def on_pick_model(name):
@@ -226,17 +233,17 @@ def build_app(models: dict, outputs: str | os.PathLike, queue_size: int = 8, dev
         with gr.Tab("Generate"):
             with gr.Row():
                 with gr.Column(scale=3):
-                    prompt = gr.Textbox(label="Prompt", value="a red circle moving right", elem_id="prompt")
-                    negative = gr.Textbox(label="Negative prompt", elem_id="negative")
+                    prompt = gr.Textbox(label="Prompt", value=initial["prompt"], elem_id="prompt")
+                    negative = gr.Textbox(label="Negative prompt", value="", elem_id="negative")
                     model = gr.Dropdown(names, value=names[0], label="Model", elem_id="model")
                     with gr.Row():
-                        frames = gr.Number(16, label="Frames", precision=0, elem_id="frames")
-                        fps = gr.Number(8, label="FPS", elem_id="fps")
-                        height = gr.Number(64, label="Height", precision=0, elem_id="height")
-                        width = gr.Number(64, label="Width", precision=0, elem_id="width")
+                        frames = gr.Number(initial["frames"], label="Frames", precision=0, elem_id="frames")
+                        fps = gr.Number(initial["fps"], label="FPS", elem_id="fps")
+                        height = gr.Number(initial["height"], label="Height", precision=0, elem_id="height")
+                        width = gr.Number(initial["width"], label="Width", precision=0, elem_id="width")
                     with gr.Row():
-                        steps = gr.Number(25, label="Steps", precision=0, elem_id="steps")
-                        guidance = gr.Number(5.0, label="Guidance", elem_id="guidance")
+                        steps = gr.Number(initial["steps"], label="Steps", precision=0, elem_id="steps")
+                        guidance = gr.Number(initial["guidance"], label="Guidance", elem_id="guidance")
                         seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
                         dice = gr.Button("Random seed", elem_id="random-seed", scale=0)
                     with gr.Row():
