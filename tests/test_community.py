@@ -250,7 +250,7 @@ def test_vidiff_modes_run_on_an_animatediff_model(folders):
 def test_too_many_frames_for_the_table_is_one_line(folders):
     pipe = VideoPipeline.from_pretrained(folders / "animatediff")
     with pytest.raises(ValueError, match="33 frames in one window exceed the motion module's positional table "
-                                         "of 32 frames; use mode='autoregressive'"):
+                                         "of 32 frames; use mode='windows'.*or mode='autoregressive'"):
         pipe(PROMPT, num_frames=33, height=16, width=16, progress=False)
     video = pipe(PROMPT, num_frames=34, height=16, width=16, num_inference_steps=1, mode="autoregressive",
                  chunk=16, context=4, progress=False)

@@ -131,3 +131,40 @@ def test_animatediff_preset_matches_diffusers_animatediff_ddim(folders):
     o = ours(PROMPT, latents=lat.clone(), num_inference_steps=5, guidance_scale=7.5, output_type="latent", seed=0,
              progress=False)
     assert float((o - r).abs().max() / r.abs().max()) <= 1e-4
+
+
+# ---- long-video messages, FIFO's cost, precision -------------------------------------------------------------
+
+def test_windows_mode_gives_no_one_window_warning(folders):
+    pipe = VideoPipeline.from_pretrained(folders / "vidiff")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe.guard(64, 64, 64, mode="windows", chunk=16)
+        pipe.guard(64, 64, 64, mode="autoregressive", chunk=16)
+    assert not [w for w in caught if "one window" in str(w.message)]
+    with pytest.warns(UserWarning, match="64 frames in one window"):
+        pipe.guard(64, 64, 64, mode="all")
+
+
+def test_fifo_states_its_cost_when_it_starts(folders, tmp_path, capsys):
+    from vidiff.cli import build_parser
+    from vidiff.plans import fifo_cost
+
+    assert build_parser().parse_args(["generate", "x"]).partitions == 2       # not the slowest
+    code, _, err = cli(capsys, "generate", "a red circle moving right", "--model", folders / "vidiff", "--mode", "fifo",
+                       "--frames", "6", "--chunk", "4", "--seed", "0", "-o", tmp_path / "f.mp4")
+    assert code == 0, err
+    calls, per = fifo_cost(6, 4, 2)
+    assert any(f"fifo runs {calls} UNet passes of 4 frames for 6 frames ({per} a frame" in line for line in err), err
+    assert per == 4 and fifo_cost(6, 4, 4)[1] == 8                            # 2 x partitions (+ lookahead start)
+
+
+def test_float16_on_cpu_warns_and_diffusers_float32_notice_is_silent(folders, capfd):
+    with pytest.warns(UserWarning, match="float16 on a CPU is several times slower"):
+        VideoPipeline.from_pretrained(folders / "vidiff", dtype="float16")
+    capfd.readouterr()
+    pipe = VideoPipeline.from_pretrained(folders / "sd", motion_adapter=folders / "animatediff" / "motion_adapter",
+                                         scheduler="animatediff")
+    pipe(PROMPT, num_frames=4, height=16, width=16, num_inference_steps=2, seed=0, progress=False)
+    out, err = capfd.readouterr()
+    assert "should be kept in float32" not in out + err

@@ -182,7 +182,6 @@ def _load_pipeline(args: argparse.Namespace):
     for path, _ in loras:
         if not Path(path).exists() and not is_hub_id(path):
             raise UsageError(f"--lora {path}: file does not exist (a .safetensors file or a hub id org/name)")
-    _cpu_half_warning(device, args.dtype)
     pipe = VideoPipeline.from_pretrained(args.model, motion_adapter=args.motion_adapter, device=device,
                                          dtype=args.dtype, scheduler=_scheduler_arg(args.scheduler),
                                          variant=args.variant, revision=args.revision)
@@ -190,15 +189,6 @@ def _load_pipeline(args: argparse.Namespace):
         pipe.load_lora(path, scale)
     _memory_knobs(args, pipe, device)
     return pipe
-
-
-def _cpu_half_warning(device, dtype: str) -> None:
-    """float16 on a CPU runs several times slower than float32: say so once."""
-    if device.type == "cpu" and dtype == "float16":
-        import warnings
-
-        warnings.warn("--dtype float16 on a CPU is several times slower than float32 (no fast float16 kernels); "
-                      "use float32, or bfloat16 on CPUs with AMX")
 
 
 def _memory_knobs(args: argparse.Namespace, pipe, device) -> None:
@@ -235,6 +225,12 @@ def _run(args: argparse.Namespace, pipe, frames: int, height: int, width: int, m
                     1.0 if args.guidance is None else args.guidance, args.fps or 8, getattr(args, "stride", 4))
     if args.mode == "fifo":
         args.steps = None                                    # fifo walks partitions x chunk levels
+        from .plans import fifo_cost
+
+        calls, per_frame = fifo_cost(frames, args.chunk, args.partitions, args.lookahead)
+        print(f"vidiff: note: fifo runs {calls} UNet passes of {args.chunk} frames for {frames} frames ({per_frame} a "
+              f"frame, plus {(args.partitions - 1) * args.chunk} warm-up frames); --mode windows or autoregressive "
+              "are several times faster", file=sys.stderr)
     guidance = pipe.defaults.get("guidance_scale", 7.5) if args.guidance is None else args.guidance
     pipe.guard(frames, height, width, args.mode, args.chunk, max(guidance if isinstance(guidance, list) else [guidance]) > 1,
                args.force)
@@ -521,7 +517,9 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
     p.add_argument("--stride", type=int, default=4, help="windows: frames between window starts (default 4)")
     p.add_argument("--weighting", default="pyramid", choices=["flat", "pyramid", "delayed_reverse_sawtooth"],
                    help="windows: how overlapping windows are averaged (default pyramid)")
-    p.add_argument("--partitions", type=int, default=4, help="fifo: queue length in windows (steps = partitions x chunk)")
+    p.add_argument("--partitions", type=int, default=2,
+                   help="fifo: queue length in windows (steps = partitions x chunk; default 2). The slowest mode: each "
+                        "frame takes 2 x partitions window passes, after (partitions - 1) x chunk warm-up frames")
     p.add_argument("--no-lookahead", dest="lookahead", action="store_false", help="fifo: without lookahead denoising")
     p.add_argument("--noise-type", default="shuffle_context", choices=["shuffle_context", "repeat_context", "random"],
                    help="windows: starting noise (default shuffle_context, FreeNoise)")

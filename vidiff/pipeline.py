@@ -177,6 +177,11 @@ class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
         to the text encoder and to a VAE that is safe in it (not `force_upcast`), as diffusers does."""
         self.device = resolve_device(device) if device is not None else self.device
         self.dtype = resolve_dtype(dtype, self.device) if dtype is not None else self.dtype
+        if self.device.type == "cpu" and self.dtype == torch.float16:
+            import warnings
+
+            warnings.warn("float16 on a CPU is several times slower than float32 (no fast float16 kernels there); "
+                          "use float32, or bfloat16 on CPUs with AMX")
         self.unet.to(device=self.device, dtype=self.dtype)
         half_ok = self.device.type == "cuda"                  # on CPU fp16/bf16 text and VAE are slow or lossy
         self.text_encoder.to(device=self.device, dtype=self.dtype if half_ok else torch.float32)
@@ -191,7 +196,7 @@ class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
                  fps: float | None = None, given: dict | None = None, progress: bool = True,
                  first_frame_first: bool | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "video", stride: int = 4, weighting: str = "pyramid",
-                 noise_type: str = "shuffle_context", partitions: int = 4, lookahead: bool = True,
+                 noise_type: str = "shuffle_context", partitions: int = 2, lookahead: bool = True,
                  init_video: np.ndarray | None = None, strength: float = 1.0, decode_chunk_size: int | None = None):
         """Generate a video (or an image when num_frames=1). `given` maps frame index -> image.
 

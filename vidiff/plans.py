@@ -219,7 +219,14 @@ def _guided(pipe, gscale: torch.Tensor, cfg: bool, kw: dict):
     return model
 
 
-def sample_fifo(pipe, shape, ctx, guidance, generator, progress, window: int, partitions: int = 4,
+def fifo_cost(frames: int, window: int, partitions: int, lookahead: bool = True) -> tuple[int, int]:
+    """(UNet window passes of a fifo run, passes per output frame): `sample_fifo`'s loop, counted."""
+    la, nf = (window // 2 if lookahead else 0), partitions * window
+    per = len(range(0, la + nf - window + 1, window // 2)) if lookahead else len(range(0, nf, window))
+    return (frames + nf - window) * per + nf, per          # + the base clip: nf steps of one window
+
+
+def sample_fifo(pipe, shape, ctx, guidance, generator, progress, window: int, partitions: int = 2,
                 lookahead: bool = True):
     """FIFO-Diffusion (Kim et al. 2024): a queue of frames whose noise rises from head to tail.
 

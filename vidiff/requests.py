@@ -54,8 +54,9 @@ class RequestChecks:
             window = f if mode == "all" else chunk if mode == "fifo" else min(chunk, f)
             if window > table:
                 raise ValueError(f"{window} frames in one window exceed the motion module's positional table of "
-                                 f"{table} frames; use mode='autoregressive' (CLI: --mode autoregressive) with "
-                                 f"chunk <= {table}")
+                                 f"{table} frames; use mode='windows' (all frames denoised together, temporal "
+                                 f"attention in overlapping windows) or mode='autoregressive' (CLI: --mode windows | "
+                                 f"autoregressive) with chunk <= {table}")
         g = torch.as_tensor(guidance_scale, dtype=torch.float32)
         if g.ndim > 1 or (g.ndim == 1 and len(g) != 2) or not torch.isfinite(g).all():
             raise ValueError(f"guidance_scale must be a number or a (first_frame, last_frame) pair, got {guidance_scale!r}")
@@ -92,7 +93,7 @@ class RequestChecks:
         far = []
         if not (0.5 <= height / d["height"] <= 2 and 0.5 <= width / d["width"] <= 2):
             far.append(f"{width}x{height} (trained at {d['width']}x{d['height']})")
-        window = num_frames if mode in ("all", "windows") else min(chunk, num_frames)
+        window = num_frames if mode == "all" else min(chunk, num_frames)    # windows: no attention sees more than chunk
         if window > 2 * d["num_frames"]:
             far.append(f"{window} frames in one window (trained on {d['num_frames']})")
         need = self.estimate_memory(num_frames, height, width, mode, chunk, guidance)

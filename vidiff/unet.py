@@ -323,8 +323,8 @@ class UNet(nn.Module):
         if cfg.temporal and cfg.temporal_family == "animatediff" and f > cfg.motion_max_seq_length \
                 and not self._windowed:
             raise ValueError(f"num_frames={f} exceeds the motion module's positional table of "
-                             f"{cfg.motion_max_seq_length} frames; use mode='autoregressive' with chunk <= "
-                             f"{cfg.motion_max_seq_length}")
+                             f"{cfg.motion_max_seq_length} frames; use mode='windows' or mode='autoregressive' with "
+                             f"chunk <= {cfg.motion_max_seq_length}")
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(b)
