@@ -168,3 +168,47 @@ def test_float16_on_cpu_warns_and_diffusers_float32_notice_is_silent(folders, ca
     pipe(PROMPT, num_frames=4, height=16, width=16, num_inference_steps=2, seed=0, progress=False)
     out, err = capfd.readouterr()
     assert "should be kept in float32" not in out + err
+
+
+@pytest.mark.slow                          # 18 videos of the shipped model: ~40 s
+def test_static_guard_flags_the_shipped_models_still_prompts():
+    from vidiff.bench import consistency
+
+    pipe = VideoPipeline.from_pretrained(device="cpu")
+    for prompt, static in (("a green triangle staying still", True), ("a red circle staying still", True),
+                           ("a blue square staying still", True), ("a red circle moving right", False),
+                           ("a blue square moving up", False), ("a yellow square moving left", False)):
+        for seed in range(3):
+            report = consistency(pipe(prompt, seed=seed, progress=False))
+            assert report["static"] is static, (prompt, seed, report["metrics"]["motion_guard"]["displacement_px"])
+
+
+def test_an_off_domain_image_is_said_to_be_replaced_not_animated():
+    from vidiff.pipeline import jump_warning
+    from vidiff.shapes import render_clip
+
+    clip = render_clip("blue", "square", "right", np.random.default_rng(0), 64, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jump_warning(clip)                                     # a video that moves evenly: no word
+    photo_then_shapes = clip.copy()
+    photo_then_shapes[0] = np.random.default_rng(1).integers(0, 256, clip.shape[1:], dtype=np.uint8)
+    with pytest.warns(UserWarning, match="far from what this model learned"):
+        jump_warning(photo_then_shapes)
+
+
+@pytest.mark.slow                          # the shipped model animating a photo and a frame of its own domain: ~10 s
+def test_shipped_model_warns_on_a_photo_and_not_on_its_own_frames():
+    from PIL import Image
+
+    from vidiff.shapes import render_clip
+
+    cbook = pytest.importorskip("matplotlib.cbook")
+    photo = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
+    pipe = VideoPipeline.from_pretrained(device="cpu")
+    with pytest.warns(UserWarning, match="far from what this model learned"):
+        pipe.animate(photo, "a red circle moving right", resize="crop", seed=0, progress=False)
+    frame = render_clip("red", "circle", "right", np.random.default_rng(0), 64, 1)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        pipe.animate(frame, "a red circle moving right", seed=0, progress=False)

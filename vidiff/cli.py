@@ -519,7 +519,8 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
                    help="windows: how overlapping windows are averaged (default pyramid)")
     p.add_argument("--partitions", type=int, default=2,
                    help="fifo: queue length in windows (steps = partitions x chunk; default 2). The slowest mode: each "
-                        "frame takes 2 x partitions window passes, after (partitions - 1) x chunk warm-up frames")
+                        "frame takes 2 x partitions window passes, after (partitions - 1) x chunk warm-up frames; shapes-64, 32 "
+                        "frames: 1.61 s a frame at 2, 0.58 at 1, against 0.16 autoregressive and 0.14 windows")
     p.add_argument("--no-lookahead", dest="lookahead", action="store_false", help="fifo: without lookahead denoising")
     p.add_argument("--noise-type", default="shuffle_context", choices=["shuffle_context", "repeat_context", "random"],
                    help="windows: starting noise (default shuffle_context, FreeNoise)")

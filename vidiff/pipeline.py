@@ -74,6 +74,21 @@ def load_frames(source) -> np.ndarray:
     return as_frames(source)
 
 
+def jump_warning(frames: np.ndarray, factor: float = 8.0) -> None:
+    """Warn when frame 1 breaks from the given frame 0 far more than later frames change: the image is outside
+    what the model learned, and it replaced the image's look instead of animating it."""
+    if len(frames) < 3:
+        return
+    steps = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+    rest = float(np.median(steps[1:]))
+    if steps[0] > factor * max(rest, 1.0):
+        import warnings
+
+        warnings.warn(f"frame 1 differs from the given image {steps[0] / max(rest, 1.0):.0f}x more than later frames "
+                      f"differ from each other: the image is far from what this model learned, and its look is not "
+                      f"kept past frame 0")
+
+
 def _check_strength(strength) -> None:
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
         raise ValueError(f"strength must be a number in [0, 1] (0 keeps the input, 1 redraws it), got {strength!r}")
@@ -325,7 +340,10 @@ class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
                 frame = fit_frame(frame, th, tw, resize)
             h, w = th, tw
         kwargs["height"], kwargs["width"] = h, w
-        return self(prompt, given={0: frame}, **kwargs)
+        video = self(prompt, given={0: frame}, **kwargs)
+        if isinstance(video, Video):
+            jump_warning(video.frames)
+        return video
 
     def interpolate(self, first, last, prompt: str | dict = "", num_frames: int | None = None, **kwargs) -> Video:
         """Frames between `first` and `last` (both kept)."""
