@@ -11,7 +11,8 @@ import pytest
 
 from vidiff import testing
 from vidiff.testing import free_port, kill_when
-from vidiff.batch import compare, parse_seeds, plan_jobs
+from vidiff.batch import parse_seeds, plan_jobs
+from vidiff.compare import compare
 from vidiff.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -149,7 +149,7 @@ def test_every_mode_runs_on_the_meta_device():
 
 
 def test_batch_rank_loads_onto_its_partial_state_device(folders, monkeypatch, tmp_path):
-    import vidiff.batch as batch
+    import vidiff.devices as batch
     from vidiff.cli import _load_pipeline, build_parser
 
     monkeypatch.setattr(batch, "process_state", lambda: types.SimpleNamespace(device=torch.device("meta")))

@@ -175,7 +175,7 @@ def _load_pipeline(args: argparse.Namespace):
 
     device = resolve_device(args.device)
     if getattr(args, "batch_rank", False) and args.device in ("auto", "cuda"):
-        from .batch import process_state
+        from .devices import process_state
 
         device = process_state().device            # each launched process on its own GPU, never all on cuda:0
     loras = [parse_spec(spec) for spec in args.lora]

@@ -46,7 +46,8 @@ def _bench_consistency(args: argparse.Namespace) -> int:
         reference = SimpleNamespace(frames=frames, fps=fps)
     from .bench import SCHEMA_ID, consistency, plot, table, write_json
 
-    from .batch import process_state, score_shared, videos_in
+    from .compare import score_shared, videos_in
+    from .devices import process_state
 
     videos = []
     for v in args.videos:          # a folder of video files is a batch; a folder of images is one video
@@ -72,7 +73,7 @@ def _bench_consistency(args: argparse.Namespace) -> int:
 
 
 def _bench_compare(args: argparse.Namespace) -> None:
-    from .batch import compare, compare_plot, compare_table
+    from .compare import compare, compare_plot, compare_table
 
     check_outputs(("--plot", args.plot, ".png"), ("--json", args.json, ".json"))
     rows = compare(args.reports)

@@ -73,7 +73,7 @@ class VaeCodec:
             from diffusers import AutoencoderKL
         except ImportError:
             raise ValueError("this model has a VAE: install the [sd] extra (pip install 'vidiff[sd]')") from None
-        from .hub import folder_variant
+        from .weights import folder_variant
 
         vae = AutoencoderKL.from_pretrained(Path(path), local_files_only=True, use_safetensors=True,
                                             variant=folder_variant(path, variant))

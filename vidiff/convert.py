@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .inflate import _read_safetensors, config_from_diffusers, image_unet_parts, load_image_unet
+from .inflate import config_from_diffusers, image_unet_parts, load_image_unet
+from .weights import read_safetensors
 from .unet import CONFIG_NAME, WEIGHTS_NAME, UNet, UNetConfig, _atomic, load_weights
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
@@ -142,7 +143,7 @@ def read_motion_adapter(path: str | os.PathLike, variant: str | None = None) -> 
         cfg = json.loads(cfg_file.read_text())
         if cfg.get("_class_name") not in (None, "MotionAdapter"):
             raise ValueError(f"{cfg_file}: _class_name={cfg.get('_class_name')!r}, expected 'MotionAdapter'")
-        sd = _read_safetensors(path, variant)
+        sd = read_safetensors(path, variant)
         if cfg.get("conv_in_channels"):
             raise ValueError(f"{path}: conv_in_channels={cfg['conv_in_channels']} (PIA) is not supported")
         return cfg, sd
@@ -219,7 +220,7 @@ def load_unet(folder: str | os.PathLike, motion_adapter=None, variant: str | Non
     if kind not in translate:
         raise ValueError(f"{cfg_file}: _class_name={kind!r} is not supported; supported: VidiffUNet, "
                          "UNet2DConditionModel (+ motion adapter), UNetMotionModel, UNet3DConditionModel")
-    return load_weights(translate[kind](raw), _read_safetensors(folder, variant))
+    return load_weights(translate[kind](raw), read_safetensors(folder, variant))
 
 
 # ---- export ---------------------------------------------------------------------------------------

@@ -73,7 +73,27 @@ def free_memory(device: torch.device | str) -> int | None:
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     if device.type == "cpu":
-        from .io import available_memory
-
         return available_memory()
     return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (Linux MemAvailable), or None where unknown."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def process_state():
+    """accelerate's PartialState; on a machine without a GPU, launched processes join over gloo."""
+    import os
+
+    from accelerate import PartialState
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    return PartialState(cpu=launched > 1 and not torch.cuda.is_available())
+

@@ -7,7 +7,6 @@
 - A single-file Stable Diffusion checkpoint (original LDM keys, as civitai ships) is converted once into a
   diffusers-layout folder under the vidiff cache (`singlefile.convert_checkpoint`), keyed by the file's
   size and modification time.
-- `folder_variant` says which weight files of a folder to read: `variant="fp16"` means `*.fp16.safetensors`.
 """
 
 from __future__ import annotations
@@ -124,17 +123,3 @@ def converted_folder(file: Path, config: str | os.PathLike | None = None) -> Pat
         out.parent.mkdir(parents=True, exist_ok=True)
         write_folder_atomically(out, lambda tmp: convert_checkpoint(file, tmp, config=config))
     return out
-
-
-def folder_variant(folder: str | os.PathLike, variant: str | None) -> str | None:
-    """The variant to read in `folder`: the one asked for (which must be there), else None, or the only
-    variant present when the folder has no plain weights."""
-    folder = Path(folder)
-    names = [p.name for p in folder.glob("*.safetensors")] if folder.is_dir() else []
-    if variant:
-        if names and not any(n.endswith(f".{variant}.safetensors") for n in names):
-            raise FileNotFoundError(f"{folder}: no {variant} weights (*.{variant}.safetensors); found {', '.join(names)}")
-        return variant
-    plain = [n for n in names if n.count(".") == 1]
-    found = sorted({n.split(".")[-2] for n in names if n.count(".") == 2})
-    return found[0] if not plain and len(found) == 1 else None

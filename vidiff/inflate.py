@@ -16,6 +16,7 @@ from pathlib import Path
 
 
 from .unet import CONFIG_NAME, WEIGHTS_NAME, UNet, UNetConfig, is_temporal_key, load_weights
+from .weights import read_safetensors
 
 _DOWN = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
 _UP = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
@@ -103,27 +104,6 @@ def config_from_state_dict(sd: dict, num_heads: int | tuple | None = None) -> UN
         linear_projection=linear, temporal=False)
 
 
-def _read_safetensors(folder: Path, variant: str | None = None) -> dict:
-    """The state dict of a diffusers component folder (one file or shards; `variant` picks `*.fp16.*`)."""
-    from safetensors.torch import load_file
-
-    from .hub import folder_variant
-
-    variant = folder_variant(folder, variant)
-    name = WEIGHTS_NAME if not variant else WEIGHTS_NAME.replace(".safetensors", f".{variant}.safetensors")
-    single = folder / name
-    if single.exists():
-        return load_file(str(single))
-    index = folder / (WEIGHTS_NAME + (f".index.{variant}.json" if variant else ".index.json"))
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for s in shards for k, v in load_file(str(folder / s)).items()}
-    if any(folder.glob("*.bin")) or any(folder.glob("*.ckpt")):
-        raise ValueError(f"{folder} has only pickle weights (.bin/.ckpt); vidiff reads safetensors only "
-                         "(re-save the model with safe_serialization=True)")
-    raise FileNotFoundError(f"no {WEIGHTS_NAME} in {folder}")
-
-
 def load_image_unet(source, num_heads=None, variant: str | None = None) -> UNet:
     """Load an image UNet from a vidiff UNet, a diffusers UNet2DConditionModel, a folder or a safetensors file."""
     if isinstance(source, UNet):
@@ -165,7 +145,7 @@ def image_unet_parts(source, num_heads=None, variant: str | None = None) -> tupl
     if raw.get("_class_name") != "UNet2DConditionModel":
         raise ValueError(f"{cfg_file}: _class_name={raw.get('_class_name')!r}, expected "
                          "'UNet2DConditionModel' or 'VidiffUNet'")
-    return config_from_diffusers(raw), _read_safetensors(path, variant)
+    return config_from_diffusers(raw), read_safetensors(path, variant)
 
 
 def _load_spatial(model: UNet, sd: dict) -> None:

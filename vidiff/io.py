@@ -24,17 +24,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 WRITE_FORMATS = ".mp4, .gif, .png (one frame) or a folder (PNG frames)"
 
 
-def available_memory() -> int | None:
-    """Bytes of memory free for a new allocation (Linux MemAvailable), or None where unknown."""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def as_frames(video) -> np.ndarray:
     """Coerce frames to `f h w 3` uint8 (accepts `h w 3`, grayscale, or a `.frames` object)."""
     frames = getattr(video, "frames", video)

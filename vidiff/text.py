@@ -55,7 +55,7 @@ class TextEncoder:
         for d in (enc_dir, tok_dir):
             if not d.is_dir():
                 raise FileNotFoundError(f"model folder {str(path)!r} has no {d.name}/")
-        from .hub import folder_variant
+        from .weights import folder_variant
 
         model = CLIPTextModel.from_pretrained(enc_dir, local_files_only=True, use_safetensors=True,
                                               variant=folder_variant(enc_dir, variant)).float()
