@@ -17,8 +17,8 @@ import warnings
 import torch
 
 from vidiff import testing
-from vidiff.convert import config_from_motion_unet, config_from_unet3d
-from vidiff.unet import load_weights
+from vidiff.loaders.convert import config_from_motion_unet, config_from_unet3d
+from vidiff.models.unet import load_weights
 
 from unet_speed import timed_all      # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -87,9 +87,9 @@ def pipeline_fns(models, steps: int = 8):
     """One 8-step text-to-video run per family and side: CFG on, same latents, latents out."""
     import diffusers
 
-    from vidiff.pipeline import VideoPipeline
-    from vidiff.schedule import NoiseSchedule
-    from vidiff.text import TextEncoder
+    from vidiff.pipelines.pipeline import VideoPipeline
+    from vidiff.diffusion.schedule import NoiseSchedule
+    from vidiff.models.text import TextEncoder
 
     parts = testing.tiny_sd_parts(cross_attention_dim=CTX)
     sched = testing.ddim_scheduler(timestep_spacing="linspace")
@@ -100,7 +100,7 @@ def pipeline_fns(models, steps: int = 8):
         extra = {"motion_adapter": None} if fam == "animatediff" else {}
         dp = cls(unet=ref, scheduler=sched, **parts, **extra)
         dp.set_progress_bar_config(disable=True)
-        from vidiff.codec import VaeCodec
+        from vidiff.models.codec import VaeCodec
 
         vp = VideoPipeline(ours, TextEncoder(parts["text_encoder"], parts["tokenizer"]),
                            NoiseSchedule.from_config({**sched.config, "_class_name": "DDIMScheduler"}),

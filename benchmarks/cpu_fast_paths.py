@@ -25,11 +25,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import vidiff.layers as layers  # noqa: E402
-from vidiff.config import load_config  # noqa: E402
-from vidiff.inflate import inflate  # noqa: E402
-from vidiff.train import Objective, build_models  # noqa: E402
-from vidiff.unet import UNet  # noqa: E402
+import vidiff.models.layers as layers  # noqa: E402
+from vidiff.training.config import load_config  # noqa: E402
+from vidiff.models.inflate import inflate  # noqa: E402
+from vidiff.training.train import Objective, build_models  # noqa: E402
+from vidiff.models.unet import UNet  # noqa: E402
 
 
 @contextlib.contextmanager

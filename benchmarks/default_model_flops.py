@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vidiff.pipeline import VideoPipeline  # noqa: E402
+from vidiff.pipelines.pipeline import VideoPipeline  # noqa: E402
 
 
 def best(fn, repeats: int) -> float:

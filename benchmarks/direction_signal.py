@@ -27,10 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidiff.data import ClipDataset  # noqa: E402
-from vidiff.pipeline import VideoPipeline  # noqa: E402
-from vidiff.schedule import per_frame  # noqa: E402
-from vidiff.train import Objective  # noqa: E402
+from vidiff.data.clips import ClipDataset  # noqa: E402
+from vidiff.pipelines.pipeline import VideoPipeline  # noqa: E402
+from vidiff.diffusion.schedule import per_frame  # noqa: E402
+from vidiff.training.train import Objective  # noqa: E402
 
 SWAP = {"left": "right", "right": "left", "up": "down", "down": "up", "still": "still"}
 

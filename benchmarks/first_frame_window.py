@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vidiff.pipeline import VideoPipeline  # noqa: E402
+from vidiff.pipelines.pipeline import VideoPipeline  # noqa: E402
 
 SETTINGS = {"previous (frame 0 of 2 frames, 10 steps)": {"min_frames": 2, "num_inference_steps": 10},
             "shipped (frame 0 of 16 frames, 6 steps)": {"min_frames": 16, "num_inference_steps": 6}}

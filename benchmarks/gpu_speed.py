@@ -28,8 +28,8 @@ def build(dtype):
     """(diffusers UNetMotionModel, vidiff UNet) holding the same random weights, on CUDA in `dtype`."""
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
-    from vidiff.convert import config_from_motion_unet
-    from vidiff.unet import load_weights
+    from vidiff.loaders.convert import config_from_motion_unet
+    from vidiff.models.unet import load_weights
 
     torch.manual_seed(0)
     ref = UNetMotionModel.from_unet2d(UNet2DConditionModel(**SD15), MotionAdapter(block_out_channels=SD15["block_out_channels"],
@@ -101,9 +101,9 @@ def _has_xformers() -> bool:
 
 def _train() -> dict:
     """20 steps of configs/tiny.yaml with EMA on the GPU: seconds and where the EMA lives."""
-    from vidiff.config import load_config
-    from vidiff.shapes import make_shapes_dataset
-    from vidiff.train import train
+    from vidiff.training.config import load_config
+    from vidiff.data.shapes import make_shapes_dataset
+    from vidiff.training.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         data = make_shapes_dataset(f"{tmp}/data", clips=8, size=32, num_frames=8, progress=False)
@@ -121,7 +121,7 @@ def _batch() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/p.txt", "w") as fh:
             fh.write("a red circle moving right\na blue square moving up\n")
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "-m", "vidiff.cli",
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "-m", "vidiff.app.cli",
                "generate", "--prompts", f"{tmp}/p.txt", "--seeds", "0-1", "--out-dir", f"{tmp}/out"]
         t0 = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 OURS = """
 import resource, sys
-from vidiff.pipeline import VideoPipeline
+from vidiff.pipelines.pipeline import VideoPipeline
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 VideoPipeline.from_pretrained(sys.argv[1], motion_adapter=sys.argv[2], device="cpu")
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)

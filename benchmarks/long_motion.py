@@ -27,7 +27,7 @@ MODES = {
 
 def speed(frames: np.ndarray, direction) -> tuple[float, float]:
     """(mean px/frame along `direction` between consecutive frames where the object is found, share found)."""
-    from vidiff.shapes import object_mask
+    from vidiff.data.shapes import object_mask
 
     cents = []
     for fr in frames:
@@ -50,8 +50,8 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from vidiff.bench import consistency
-    from vidiff.pipeline import VideoPipeline
+    from vidiff.evaluation.bench import consistency
+    from vidiff.pipelines.pipeline import VideoPipeline
 
     torch.set_num_threads(2)
     pipe = VideoPipeline.from_pretrained(device="cpu")

@@ -28,9 +28,9 @@ CHILD = r"""
 import json, sys, time
 import numpy as np, torch
 torch.set_num_threads(2)
-from vidiff.pipeline import VideoPipeline
-from vidiff.bench import consistency
-from vidiff.shapes import detect
+from vidiff.pipelines.pipeline import VideoPipeline
+from vidiff.evaluation.bench import consistency
+from vidiff.data.shapes import detect
 args = json.loads(sys.argv[1])
 pipe = VideoPipeline.from_pretrained(args["model"]) if args["model"] else VideoPipeline.from_pretrained()
 kw = dict(args["mode"], num_frames=args["frames"], seed=0, progress=False, first_frame_first=False)

@@ -11,7 +11,7 @@ Two readings, both on the model's own domain:
   circle of the same size and place differ by `rendered` (0.107): a model that draws the shape the
   word names must change its prediction by a good part of that where the noise hides the edges.
 - *samples*: 10-step samples (one frame for an image model, a clip for a video model) of "a COLOUR SHAPE staying still", every colour and shape, read back
-  by `vidiff.shapes.detect`; and how far apart the "circle" and "square" images of one seed are.
+  by `vidiff.data.shapes.detect`; and how far apart the "circle" and "square" images of one seed are.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidiff.pipeline import VideoPipeline  # noqa: E402
-from vidiff.shapes import COLORS, SHAPES, detect, render_clip  # noqa: E402
+from vidiff.pipelines.pipeline import VideoPipeline  # noqa: E402
+from vidiff.data.shapes import COLORS, SHAPES, detect, render_clip  # noqa: E402
 
 LEVELS = (50, 150, 300, 450, 600, 750, 900, 999)
 

@@ -22,10 +22,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidiff.config import load_config  # noqa: E402
-from vidiff.data import ClipDataset, loader  # noqa: E402
-from vidiff.shapes import make_shapes_dataset  # noqa: E402
-from vidiff.train import train  # noqa: E402
+from vidiff.training.config import load_config  # noqa: E402
+from vidiff.data.clips import ClipDataset, loader  # noqa: E402
+from vidiff.data.shapes import make_shapes_dataset  # noqa: E402
+from vidiff.training.train import train  # noqa: E402
 
 
 def loader_rate(cfg, batches: int, workers: int) -> float:

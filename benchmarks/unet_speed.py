@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from vidiff.unet import UNet
+from vidiff.models.unet import UNet
 
 CONFIGS = {
     # name: widths, ResBlocks per level, attention per level, heads, frames, size

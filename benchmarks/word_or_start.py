@@ -21,8 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidiff.pipeline import VideoPipeline  # noqa: E402
-from vidiff.shapes import caption, detect, render_clip  # noqa: E402
+from vidiff.pipelines.pipeline import VideoPipeline  # noqa: E402
+from vidiff.data.shapes import caption, detect, render_clip  # noqa: E402
 
 CLIPS = [("red", "circle", "right"), ("blue", "square", "down"), ("green", "triangle", "left"),
          ("yellow", "circle", "up"), ("purple", "square", "right")]

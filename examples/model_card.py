@@ -15,10 +15,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from vidiff.bench import shapes_table  # noqa: E402
-from vidiff.config import load_config  # noqa: E402
-from vidiff.pipeline import DEFAULT_MODEL  # noqa: E402
-from vidiff.shapes import HOLDOUT, VOCAB  # noqa: E402
+from vidiff.evaluation.bench import shapes_table  # noqa: E402
+from vidiff.training.config import load_config  # noqa: E402
+from vidiff.pipelines.pipeline import DEFAULT_MODEL  # noqa: E402
+from vidiff.data.shapes import HOLDOUT, VOCAB  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("bench", help="JSON written by `vidiff bench shapes --json`")

@@ -1,7 +1,7 @@
 """Before/after of a motion LoRA on the shipped model, read from pixels.
 
 For each prompt (colours x shapes x left/right) and seed, the video is generated without and with the LoRA;
-`vidiff.shapes.detect` reads the object's displacement. Reported: mean vertical displacement (px, + is down),
+`vidiff.data.shapes.detect` reads the object's displacement. Reported: mean vertical displacement (px, + is down),
 the share of videos that move down by more than 6 px, and the share whose named (horizontal) direction still reads.
 Videos where the object leaves the frame (no displacement) are left out of the mean.
 """
@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from vidiff.pipeline import VideoPipeline
-from vidiff.shapes import detect
+from vidiff.pipelines.pipeline import VideoPipeline
+from vidiff.data.shapes import detect
 
 
 def run(pipe, prompts, seeds):

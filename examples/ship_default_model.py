@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vidiff.pipeline import DEFAULT_MODEL, VideoPipeline  # noqa: E402
+from vidiff.pipelines.pipeline import DEFAULT_MODEL, VideoPipeline  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("source", help="trained model folder (train.output_dir/model)")

@@ -4,8 +4,8 @@ import sys
 
 from safetensors.torch import save_file
 
-from vidiff.config import load_config
-from vidiff.train import train
+from vidiff.training.config import load_config
+from vidiff.training.train import train
 
 if __name__ == "__main__":
     out = sys.argv[1]

@@ -11,9 +11,9 @@ import pytest
 
 from vidiff import testing
 from vidiff.testing import free_port, kill_when
-from vidiff.batch import parse_seeds, plan_jobs
-from vidiff.compare import compare
-from vidiff.cli import main
+from vidiff.pipelines.batch import parse_seeds, plan_jobs
+from vidiff.evaluation.compare import compare
+from vidiff.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -31,9 +31,9 @@ def setup(tmp_path_factory):
 def generate(root, model, out, *extra, procs: int = 1, wait: bool = True):
     args = ["generate", "--prompts", str(root / "prompts.txt"), "--seeds", "0-1", "--out-dir", str(out),
             "--model", str(model), "--steps", "2", "--frames", "4", "--height", "32", "--width", "32", *extra]
-    cmd = [sys.executable, "-m", "vidiff.cli", *args] if procs == 1 else \
+    cmd = [sys.executable, "-m", "vidiff.app.cli", *args] if procs == 1 else \
         [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", f"--master_port={free_port()}",
-         "-m", "vidiff.cli", *args]
+         "-m", "vidiff.app.cli", *args]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if wait:
         out_, err = proc.communicate(timeout=300)
@@ -161,10 +161,10 @@ def test_bench_compare_rows_match_the_reports(setup, tmp_path, capsys):
 def test_bench_consistency_splits_a_folder_between_processes(setup, tmp_path):
     root, model = setup
     generate(root, model, tmp_path / "v")
-    one = subprocess.run([sys.executable, "-m", "vidiff.cli", "bench", "consistency", str(tmp_path / "v"), "--json",
+    one = subprocess.run([sys.executable, "-m", "vidiff.app.cli", "bench", "consistency", str(tmp_path / "v"), "--json",
                           str(tmp_path / "one.json")], env=ENV, capture_output=True, text=True, timeout=300)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={free_port()}", "-m", "vidiff.cli", "bench", "consistency",
+                          f"--master_port={free_port()}", "-m", "vidiff.app.cli", "bench", "consistency",
                           str(tmp_path / "v"), "--json", str(tmp_path / "two.json")], env=ENV, capture_output=True,
                          text=True, timeout=300)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]

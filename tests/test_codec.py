@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vidiff.codec import PixelCodec, VaeCodec
+from vidiff.models.codec import PixelCodec, VaeCodec
 
 
 def test_pixel_codec_round_trip_is_exact():

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from vidiff import testing
-from vidiff.convert import (adapter_overrides, config_from_motion_unet, config_from_unet3d,
+from vidiff.loaders.convert import (adapter_overrides, config_from_motion_unet, config_from_unet3d,
                             read_motion_adapter)
-from vidiff.inflate import config_from_diffusers
-from vidiff.pipeline import VideoPipeline
-from vidiff.unet import UNet, UNetConfig, load_weights
+from vidiff.models.inflate import config_from_diffusers
+from vidiff.pipelines.pipeline import VideoPipeline
+from vidiff.models.unet import UNet, UNetConfig, load_weights
 
 diffusers = pytest.importorskip("diffusers")
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -56,7 +56,7 @@ def test_one_frame_is_the_image_model_in_every_family():
 
 @pytest.mark.parametrize("family", ["animatediff", "modelscope"])
 def test_inflate_adds_any_family_exactly(family):
-    from vidiff.inflate import inflate
+    from vidiff.models.inflate import inflate
 
     image = testing.tiny_unet2d()
     video = inflate(image, temporal_family=family).eval()
@@ -187,7 +187,7 @@ def test_real_sd15_adapter_key_sets_on_meta_device(version, mid, seq, params):
 
 def test_export_motion_adapter_round_trip(folders, tmp_path):
     """vidiff convert -> vidiff export -> diffusers: the same weights bit for bit, the same video."""
-    from vidiff.cli import main
+    from vidiff.app.cli import main
 
     assert main(["convert", str(folders / "animatediff"), "--out", str(tmp_path / "v")]) == 0
     assert main(["export", str(tmp_path / "v"), "--to", "diffusers", str(tmp_path / "ma")]) == 0
@@ -208,7 +208,7 @@ def test_export_motion_adapter_round_trip(folders, tmp_path):
 
 
 def test_export_modelscope_pipeline_round_trip(folders, tmp_path):
-    from vidiff.cli import main
+    from vidiff.app.cli import main
 
     assert main(["convert", str(folders / "modelscope"), "--out", str(tmp_path / "v"), "--dtype", "float32"]) == 0
     assert main(["export", str(tmp_path / "v"), "--to", "diffusers", str(tmp_path / "ms")]) == 0
@@ -262,7 +262,7 @@ def test_too_many_frames_for_the_table_is_one_line(folders):
 def test_bad_community_inputs_are_one_line_and_exit_2(folders, tmp_path, capsys):
     from diffusers import MotionAdapter
 
-    from vidiff.cli import main
+    from vidiff.app.cli import main
 
     MotionAdapter(block_out_channels=(16, 32), motion_layers_per_block=2, motion_norm_num_groups=2,
                   motion_num_attention_heads=4).save_pretrained(tmp_path / "wide")
@@ -297,8 +297,8 @@ def test_bad_community_inputs_are_one_line_and_exit_2(folders, tmp_path, capsys)
 
 
 def test_cli_generates_from_an_animatediff_folder(folders, tmp_path, capsys):
-    from vidiff.cli import main
-    from vidiff.io import read_video
+    from vidiff.app.cli import main
+    from vidiff.data.io import read_video
 
     out = tmp_path / "out.mp4"
     code = main(["generate", PROMPT, "--model", str(folders / "animatediff"), "--frames", "8", "--steps", "4",
@@ -313,10 +313,10 @@ def test_train_motion_module_and_export_to_diffusers(folders, tmp_path):
     that diffusers loads and samples exactly as vidiff does."""
     from pathlib import Path
 
-    from vidiff.cli import main
-    from vidiff.config import load_config
-    from vidiff.shapes import make_shapes_dataset
-    from vidiff.train import train
+    from vidiff.app.cli import main
+    from vidiff.training.config import load_config
+    from vidiff.data.shapes import make_shapes_dataset
+    from vidiff.training.train import train
 
     data = make_shapes_dataset(tmp_path / "data", clips=4, size=16, num_frames=6, progress=False)
     cfg = load_config(Path(__file__).parent.parent / "configs" / "animatediff-motion.yaml", [
@@ -361,10 +361,10 @@ def test_decoded_video_matches_diffusers_np_output(folders):
 
 @pytest.mark.parametrize("init", ["modelscope", "animatediff"])
 def test_train_init_from_a_community_folder_trains_only_its_temporal_layers(folders, tmp_path, init):
-    from vidiff.config import load_config
-    from vidiff.shapes import make_shapes_dataset
-    from vidiff.train import train
-    from vidiff.unet import is_temporal_key
+    from vidiff.training.config import load_config
+    from vidiff.data.shapes import make_shapes_dataset
+    from vidiff.training.train import train
+    from vidiff.models.unet import is_temporal_key
 
     data = make_shapes_dataset(tmp_path / "data", clips=2, size=16, num_frames=6, progress=False)
     cfg = load_config(None, [
@@ -379,7 +379,7 @@ def test_train_init_from_a_community_folder_trains_only_its_temporal_layers(fold
 
 
 def test_cli_scheduler_override_with_config_keys(folders, tmp_path, capsys):
-    from vidiff.cli import main
+    from vidiff.app.cli import main
 
     out = tmp_path / "lightning.gif"
     code = main(["generate", PROMPT, "--model", str(folders / "animatediff"), "--frames", "4", "--steps", "2",

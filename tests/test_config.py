@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from vidiff.cli import main
-from vidiff.config import load_config, to_yaml
-from vidiff.train import check
+from vidiff.app.cli import main
+from vidiff.training.config import load_config, to_yaml
+from vidiff.training.train import check
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

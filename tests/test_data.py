@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from vidiff.data import ClipDataset, ClipSampler, collate, loader
-from vidiff.io import write_video
-from vidiff.shapes import HOLDOUT, caption, combinations, make_shapes_dataset, render_clip
+from vidiff.data.clips import ClipDataset, ClipSampler, collate, loader
+from vidiff.data.io import write_video
+from vidiff.data.shapes import HOLDOUT, caption, combinations, make_shapes_dataset, render_clip
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_shapes_motion_matches_caption():
 
 
 def test_object_scale_sizes_the_shape_and_is_checked(tmp_path, capsys):
-    from vidiff.cli import main
+    from vidiff.app.cli import main
 
     areas = {}
     for scale in (1.0, 1.6):

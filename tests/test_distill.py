@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from vidiff.cli import main
-from vidiff.config import load_config
-from vidiff.distill import student_grid
-from vidiff.pipeline import VideoPipeline
-from vidiff.schedule import NoiseSchedule
-from vidiff.shapes import make_shapes_dataset
-from vidiff.train import train
+from vidiff.app.cli import main
+from vidiff.training.config import load_config
+from vidiff.training.distill import student_grid
+from vidiff.pipelines.pipeline import VideoPipeline
+from vidiff.diffusion.schedule import NoiseSchedule
+from vidiff.data.shapes import make_shapes_dataset
+from vidiff.training.train import train
 
 from test_train import TINY
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from vidiff import testing
 from vidiff.testing import kill_when
-from vidiff.cli import main
-from vidiff.pipeline import VideoPipeline
+from vidiff.app.cli import main
+from vidiff.pipelines.pipeline import VideoPipeline
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -78,7 +78,7 @@ def test_strength_one_redraws_and_small_strength_stays_close():
 @pytest.mark.parametrize("mode", ["autoregressive", "windows"])
 def test_video_to_video_in_long_video_modes(mode, tmp_path):
     """A long input goes window by window; its length and frame rate are kept."""
-    from vidiff.io import read_video, write_video
+    from vidiff.data.io import read_video, write_video
 
     pipe = testing.tiny_pipeline()
     path = write_video(clip(20, 32, seed=2), tmp_path / "in.mp4", fps=10)
@@ -98,7 +98,7 @@ def test_video_to_video_fits_the_size_with_a_warning():
 
 
 def test_cli_video_to_video(tmp_path, capsys):
-    from vidiff.io import read_video, write_video
+    from vidiff.data.io import read_video, write_video
 
     model = testing.tiny_model(tmp_path / "m")
     src = write_video(clip(6, 32, seed=4), tmp_path / "in.mp4", fps=6)
@@ -264,7 +264,7 @@ def cli_error(capsys, argv, out: Path):
 
 
 def test_bad_editing_inputs_are_one_line_exit_2_nothing_written(ad, loras, tmp_path, capsys):
-    from vidiff.io import write_video
+    from vidiff.data.io import write_video
 
     model = testing.tiny_model(tmp_path / "m")
     src = write_video(clip(4, 32), tmp_path / "in.mp4", fps=8)
@@ -294,9 +294,9 @@ def test_bad_editing_inputs_are_one_line_exit_2_nothing_written(ad, loras, tmp_p
 # ---- training a LoRA --------------------------------------------------------------------------------
 
 def test_lora_training_changes_only_lora_and_exports_for_diffusers(ad, tmp_path):
-    from vidiff.config import load_config
-    from vidiff.shapes import make_shapes_dataset
-    from vidiff.train import train
+    from vidiff.training.config import load_config
+    from vidiff.data.shapes import make_shapes_dataset
+    from vidiff.training.train import train
 
     data = make_shapes_dataset(tmp_path / "data", clips=4, size=16, num_frames=6, progress=False)
     cfg = load_config(None, [
@@ -329,8 +329,8 @@ def test_lora_training_changes_only_lora_and_exports_for_diffusers(ad, tmp_path)
 
 @pytest.mark.slow
 def test_lora_resume_after_sigkill_is_bit_exact(tmp_path):
-    from vidiff.shapes import make_shapes_dataset
-    from vidiff.train import latest_checkpoint
+    from vidiff.data.shapes import make_shapes_dataset
+    from vidiff.training.train import latest_checkpoint
 
     data = make_shapes_dataset(tmp_path / "data", clips=6, size=32, num_frames=8, progress=False)
     model = testing.tiny_model(tmp_path / "base")
@@ -339,7 +339,7 @@ def test_lora_resume_after_sigkill_is_bit_exact(tmp_path):
             "train.keep_checkpoints=10", "data.num_workers=0", "train.lora={rank: 4, targets: temporal}"]
 
     def run(out):
-        return subprocess.Popen([sys.executable, "-m", "vidiff.cli", "train", str(ROOT / "configs" / "tiny.yaml"),
+        return subprocess.Popen([sys.executable, "-m", "vidiff.app.cli", "train", str(ROOT / "configs" / "tiny.yaml"),
                                  *args, f"train.output_dir={out}", "--quiet"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     full = run(tmp_path / "full")
@@ -360,8 +360,8 @@ def test_lora_resume_after_sigkill_is_bit_exact(tmp_path):
 
 
 def test_bad_lora_configs_are_one_line(tmp_path):
-    from vidiff.config import load_config
-    from vidiff.train import check
+    from vidiff.training.config import load_config
+    from vidiff.training.train import check
 
     for override, msg in (("train.lora.rank=0", "rank must be an integer >= 1"),
                           ("train.lora.targets=everything", "targets must be one of"),

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from vidiff.cli import main
-from vidiff.io import read_settings, read_video, write_video
+from vidiff.app.cli import main
+from vidiff.data.io import read_settings, read_video, write_video
 from vidiff.testing import tiny_model
 
 PROMPT = "a red circle moving right"
@@ -40,9 +40,9 @@ def one_line_error(capsys, *args, pattern):
 
 # 1 ------------------------------------------------------------------------------------------------
 def test_punctuation_and_case_do_not_drop_known_words():
-    from vidiff.pipeline import DEFAULT_MODEL
+    from vidiff.pipelines.pipeline import DEFAULT_MODEL
     from vidiff.testing import tiny_text_encoder
-    from vidiff.text import TextEncoder
+    from vidiff.models.text import TextEncoder
 
     for enc in (TextEncoder.from_pretrained(DEFAULT_MODEL), tiny_text_encoder()):
         plain = enc.tokenizer("a red circle moving right")["input_ids"]
@@ -53,8 +53,8 @@ def test_punctuation_and_case_do_not_drop_known_words():
 
 # 2 ------------------------------------------------------------------------------------------------
 def test_numeric_overrides_parse_as_numbers_in_free_sections():
-    from vidiff.config import load_config
-    from vidiff.schedule import NoiseSchedule
+    from vidiff.training.config import load_config
+    from vidiff.diffusion.schedule import NoiseSchedule
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml", ["schedule.terminal_snr=1e-8", "model.dropout=1e-1",
                                                        "train.lr=3e-4", "codec={type: pixel, factor: 2}"])
@@ -65,7 +65,7 @@ def test_numeric_overrides_parse_as_numbers_in_free_sections():
 # 3 ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("height", [31, 30])
 def test_training_size_is_checked_in_pixels_before_anything_is_written(capsys, tmp_path, height):
-    from vidiff.shapes import make_shapes_dataset
+    from vidiff.data.shapes import make_shapes_dataset
 
     data = make_shapes_dataset(tmp_path / "data", clips=2, size=32, num_frames=8, progress=False)
     out = tmp_path / "run"
@@ -98,8 +98,8 @@ def test_far_outside_is_a_warning_that_force_does_not_hide(capsys, tmp_path, mod
 
 
 def test_interrupted_dataset_leaves_nothing(tmp_path, monkeypatch):
-    import vidiff.io
-    from vidiff.shapes import make_shapes_dataset
+    import vidiff.data.io
+    from vidiff.data.shapes import make_shapes_dataset
 
     calls = []
 
@@ -108,7 +108,7 @@ def test_interrupted_dataset_leaves_nothing(tmp_path, monkeypatch):
         if len(calls) == 3:
             raise KeyboardInterrupt
         return write_video(frames, path, **kw)
-    monkeypatch.setattr(vidiff.io, "write_video", failing)
+    monkeypatch.setattr(vidiff.data.io, "write_video", failing)
     with pytest.raises(KeyboardInterrupt):
         make_shapes_dataset(tmp_path / "d", clips=5, size=32, num_frames=4, progress=False)
     assert not (tmp_path / "d").exists()
@@ -116,7 +116,7 @@ def test_interrupted_dataset_leaves_nothing(tmp_path, monkeypatch):
 
 # 5 ------------------------------------------------------------------------------------------------
 def test_image_is_fitted_to_the_model_size_and_a_video_gives_its_first_frame(capsys, tmp_path, model_dir):
-    from vidiff.io import fit_frame
+    from vidiff.data.io import fit_frame
 
     photo = np.random.default_rng(0).integers(0, 255, (272, 640, 3), dtype=np.uint8)
     assert fit_frame(photo, 64, 64, "crop").shape == (64, 64, 3)
@@ -167,7 +167,7 @@ def disc_clip(shift_px: float, frames: int = 24, size: int = 64, noise: float = 
 
 
 def test_static_guard_sees_slow_motion_and_ignores_noise():
-    from vidiff.bench import consistency
+    from vidiff.evaluation.bench import consistency
 
     slow = consistency(disc_clip(32), fps=8)               # 1.4 px a frame: under VBench's 1.5 px
     assert slow["metrics"]["dynamic_degree"]["value"] is False
@@ -182,8 +182,8 @@ def test_static_guard_sees_slow_motion_and_ignores_noise():
 def test_static_guard_on_shapes_clips_and_a_real_photo():
     from PIL import Image
 
-    from vidiff.bench import consistency
-    from vidiff.shapes import render_clip
+    from vidiff.evaluation.bench import consistency
+    from vidiff.data.shapes import render_clip
 
     for motion, static in (("right", False), ("down", False), ("still", True)):
         clip = render_clip("blue", "square", motion, np.random.default_rng(3), 64, 24)
@@ -222,9 +222,9 @@ def test_seed_is_printed_stored_and_reproduces(capsys, tmp_path, model_dir):
 def test_resumed_run_does_not_repeat_log_steps(tmp_path):
     import shutil
 
-    from vidiff.config import load_config
-    from vidiff.shapes import make_shapes_dataset
-    from vidiff.train import train
+    from vidiff.training.config import load_config
+    from vidiff.data.shapes import make_shapes_dataset
+    from vidiff.training.train import train
 
     data = make_shapes_dataset(tmp_path / "data", clips=4, size=32, num_frames=8, progress=False)
     cfg = lambda: load_config(ROOT / "configs" / "tiny.yaml", [          # noqa: E731
@@ -297,9 +297,9 @@ def test_cli_conveniences(capsys, tmp_path, model_dir):
 
 
 def test_python_m_cli_reports_usage_errors_as_one_line(tmp_path):
-    """`python -m vidiff.cli` (how accelerate launch and torchrun start it) gives the same one-line errors,
+    """`python -m vidiff.app.cli` (how accelerate launch and torchrun start it) gives the same one-line errors,
     also from the bench group, which lives in its own module."""
     args = ["bench", "consistency", "x.mp4", "--json", "x.txt"]
-    r = subprocess.run([sys.executable, "-m", "vidiff.cli", *args], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "vidiff.app.cli", *args], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip() == "vidiff bench: error: --json x.txt: must end in .json"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vidiff import testing
-from vidiff.pipeline import VideoPipeline
+from vidiff.pipelines.pipeline import VideoPipeline
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (make gpu-check)")
 
@@ -41,9 +41,9 @@ def test_cpu_generator_gives_the_cpu_video_on_cuda(folder):
 
 
 def test_training_step_with_ema_on_cuda(tmp_path):
-    from vidiff.config import load_config
-    from vidiff.shapes import make_shapes_dataset
-    from vidiff.train import train
+    from vidiff.training.config import load_config
+    from vidiff.data.shapes import make_shapes_dataset
+    from vidiff.training.train import train
 
     data = make_shapes_dataset(tmp_path / "data", clips=4, size=32, num_frames=8, progress=False)
     cfg = load_config("configs/tiny.yaml", [f"data.path={data}", f"train.output_dir={tmp_path / 'run'}",

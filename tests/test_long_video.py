@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vidiff import testing
-from vidiff.pipeline import VideoPipeline, travel
+from vidiff.pipelines.pipeline import VideoPipeline, travel
 
 diffusers = pytest.importorskip("diffusers")
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -53,7 +53,7 @@ def test_prompt_travel_matches_diffusers_dict_prompts(animatediff, guidance):
 
 
 def test_prompt_travel_changes_colour_on_the_shipped_model():
-    from vidiff.shapes import detect
+    from vidiff.data.shapes import detect
 
     pipe = VideoPipeline.from_pretrained()
     video = pipe({0: "a red circle moving right", 16: "a blue circle moving right"}, num_frames=32,
@@ -95,7 +95,7 @@ def test_one_window_over_all_frames_is_plain_sampling(animatediff):
 
 
 def test_window_weights_are_diffusers_schemes():
-    from vidiff.layers import window_weights
+    from vidiff.models.layers import window_weights
 
     assert window_weights(4, "flat") == [1, 1, 1, 1]
     assert window_weights(4, "pyramid") == [1, 2, 2, 1] and window_weights(5, "pyramid") == [1, 2, 3, 2, 1]
@@ -106,7 +106,7 @@ def test_window_weights_are_diffusers_schemes():
 
 
 def test_windows_run_the_shipped_model_past_its_length():
-    from vidiff.shapes import detect
+    from vidiff.data.shapes import detect
 
     pipe = VideoPipeline.from_pretrained()
     video = pipe("a red circle moving right", num_frames=32, mode="windows", chunk=16, stride=4, seed=0,
@@ -175,7 +175,7 @@ def test_fifo_memory_does_not_grow_with_length(tmp_path):
     testing.tiny_model(tmp_path / "m")
     script = (
         "import sys, torch; torch.set_num_threads(1)\n"
-        "from vidiff.pipeline import VideoPipeline\n"
+        "from vidiff.pipelines.pipeline import VideoPipeline\n"
         "p = VideoPipeline.from_pretrained(sys.argv[1])\n"
         "p('a red circle', num_frames=int(sys.argv[2]), height=32, width=32, mode='fifo', chunk=4, partitions=2,"
         " guidance_scale=1.0, seed=0, progress=False)\n"
@@ -195,8 +195,8 @@ def test_fifo_and_windows_run_a_community_model(animatediff):
 
 
 def test_cli_long_video_modes_and_prompt_travel(tmp_path, capsys):
-    from vidiff.cli import main
-    from vidiff.io import read_settings
+    from vidiff.app.cli import main
+    from vidiff.data.io import read_settings
 
     model = testing.tiny_model(tmp_path / "m")
     base = ["generate", "a red circle", "--model", str(model), "--height", "16", "--width", "16", "--seed", "1"]

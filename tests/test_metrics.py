@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from vidiff import metrics as M
-from vidiff.bench import REPORT_SCHEMA, consistency
-from vidiff.cli import main
-from vidiff.io import write_video
+from vidiff.evaluation import metrics as M
+from vidiff.evaluation.bench import REPORT_SCHEMA, consistency
+from vidiff.app.cli import main
+from vidiff.data.io import write_video
 
 RNG = np.random.default_rng(0)
 
@@ -242,7 +242,7 @@ def photos():
 
 
 def test_seam_ratio_flags_a_spliced_cut_and_stays_near_one_on_continuous_footage(photos):
-    from vidiff.bench import consistency
+    from vidiff.evaluation.bench import consistency
 
     hopper, pack = photos
     continuous = _pan(hopper, 24, x0=50)
@@ -266,9 +266,9 @@ def test_seam_ratio_flags_a_spliced_cut_and_stays_near_one_on_continuous_footage
 
 def test_seams_go_into_the_report_schema_and_the_cli(tmp_path, capsys, photos):
     jsonschema = pytest.importorskip("jsonschema")
-    from vidiff.bench import REPORT_SCHEMA
-    from vidiff.cli import main
-    from vidiff.io import write_video
+    from vidiff.evaluation.bench import REPORT_SCHEMA
+    from vidiff.app.cli import main
+    from vidiff.data.io import write_video
 
     hopper, pack = photos
     write_video(np.concatenate([_pan(hopper, 8, x0=50), _pan(pack, 8)]), tmp_path / "cut.mp4", fps=8)
@@ -288,10 +288,10 @@ def test_seams_go_into_the_report_schema_and_the_cli(tmp_path, capsys, photos):
 
 
 def test_two_seeds_joined_make_a_large_seam_and_windows_are_recorded(tmp_path):
-    from vidiff.io import read_settings
-    from vidiff.pipeline import VideoPipeline
+    from vidiff.data.io import read_settings
+    from vidiff.pipelines.pipeline import VideoPipeline
 
-    from vidiff.shapes import render_clip
+    from vidiff.data.shapes import render_clip
 
     # halves from two seeds, joined at 16 (rendered: the shipped model's frames are too noisy for
     # pixel differences to see a join; its seams are measured in benchmarks/long_video.py)

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 from vidiff import testing
-from vidiff.cli import main
-from vidiff.io import read_settings, read_video
-from vidiff.pipeline import VideoPipeline
+from vidiff.app.cli import main
+from vidiff.data.io import read_settings, read_video
+from vidiff.pipelines.pipeline import VideoPipeline
 
 PROMPT = "a red circle moving left"
 
@@ -147,8 +147,8 @@ def test_windows_mode_gives_no_one_window_warning(folders):
 
 
 def test_fifo_states_its_cost_when_it_starts(folders, tmp_path, capsys):
-    from vidiff.cli import build_parser
-    from vidiff.plans import fifo_cost
+    from vidiff.app.cli import build_parser
+    from vidiff.diffusion.plans import fifo_cost
 
     assert build_parser().parse_args(["generate", "x"]).partitions == 2       # not the slowest
     code, _, err = cli(capsys, "generate", "a red circle moving right", "--model", folders / "vidiff", "--mode", "fifo",
@@ -172,7 +172,7 @@ def test_float16_on_cpu_warns_and_diffusers_float32_notice_is_silent(folders, ca
 
 @pytest.mark.slow                          # 18 videos of the shipped model: ~40 s
 def test_static_guard_flags_the_shipped_models_still_prompts():
-    from vidiff.bench import consistency
+    from vidiff.evaluation.bench import consistency
 
     pipe = VideoPipeline.from_pretrained(device="cpu")
     for prompt, static in (("a green triangle staying still", True), ("a red circle staying still", True),
@@ -184,8 +184,8 @@ def test_static_guard_flags_the_shipped_models_still_prompts():
 
 
 def test_an_off_domain_image_is_said_to_be_replaced_not_animated():
-    from vidiff.pipeline import jump_warning
-    from vidiff.shapes import render_clip
+    from vidiff.pipelines.pipeline import jump_warning
+    from vidiff.data.shapes import render_clip
 
     clip = render_clip("blue", "square", "right", np.random.default_rng(0), 64, 16)
     with warnings.catch_warnings():
@@ -201,7 +201,7 @@ def test_an_off_domain_image_is_said_to_be_replaced_not_animated():
 def test_shipped_model_warns_on_a_photo_and_not_on_its_own_frames():
     from PIL import Image
 
-    from vidiff.shapes import render_clip
+    from vidiff.data.shapes import render_clip
 
     cbook = pytest.importorskip("matplotlib.cbook")
     photo = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))

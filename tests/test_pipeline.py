@@ -9,8 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from vidiff.io import read_video, write_video
-from vidiff.pipeline import VideoPipeline
+from vidiff.data.io import read_video, write_video
+from vidiff.pipelines.pipeline import VideoPipeline
 from vidiff.testing import tiny_model, tiny_pipeline
 
 FAST = dict(num_inference_steps=3, progress=False, height=32, width=32)
@@ -172,7 +172,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 
 def test_gif_folder_and_contact_sheet(tmp_path):
-    from vidiff.io import contact_sheet
+    from vidiff.data.io import contact_sheet
 
     frames = (np.random.default_rng(0).random((5, 16, 16, 3)) * 255).astype(np.uint8)
     write_video(frames, tmp_path / "a.gif", fps=10)
@@ -187,7 +187,7 @@ def test_gif_folder_and_contact_sheet(tmp_path):
 # ---- CLI ------------------------------------------------------------------------------------
 
 def vidiff(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "vidiff.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "vidiff.app.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
 @pytest.mark.slow
@@ -246,7 +246,7 @@ def test_cli_non_writable_output(model_dir, tmp_path):
 
 
 def test_write_interrupted_mid_file_leaves_nothing(tmp_path, monkeypatch):
-    import vidiff.io as vio
+    import vidiff.data.io as vio
 
     def broken(frames, path, fps, quality, meta=None):
         path.write_bytes(b"\x00" * 1000)            # half a file, then the encoder dies

@@ -16,12 +16,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vidiff import testing
-from vidiff.cli import main
+from vidiff.app.cli import main
 from vidiff.devices import free_memory, randn, resolve_device, resolve_dtype
-from vidiff.pipeline import VideoPipeline
-from vidiff.samplers import _randn
-from vidiff.singlefile import diffusers_to_ldm
-from vidiff.train import _update_ema, make_ema
+from vidiff.pipelines.pipeline import VideoPipeline
+from vidiff.diffusion.samplers import _randn
+from vidiff.loaders.singlefile import diffusers_to_ldm
+from vidiff.training.train import _update_ema, make_ema
 
 PROMPT, NEG = "a red circle moving left", "blue"
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_device_and_dtype_names():
 
 
 def test_cli_device_defaults_to_auto(capsys):
-    from vidiff.cli import build_parser
+    from vidiff.app.cli import build_parser
 
     args = build_parser().parse_args(["generate", "x"])
     assert args.device == "auto" and args.dtype == "auto"
@@ -150,7 +150,8 @@ def test_every_mode_runs_on_the_meta_device():
 
 def test_batch_rank_loads_onto_its_partial_state_device(folders, monkeypatch, tmp_path):
     import vidiff.devices as batch
-    from vidiff.cli import _load_pipeline, build_parser
+    from vidiff.app.cli import build_parser
+    from vidiff.app.make_cli import _load_pipeline
 
     monkeypatch.setattr(batch, "process_state", lambda: types.SimpleNamespace(device=torch.device("meta")))
     args = build_parser().parse_args(["generate", "--prompts", "p.txt", "--model", str(folders / "animatediff")])
@@ -231,7 +232,7 @@ def ldm_file(sd_folder: Path, out: Path) -> Path:
 
 
 def test_single_file_matches_diffusers_from_single_file(folders, tmp_path, monkeypatch):
-    from vidiff.hub import converted_folder
+    from vidiff.loaders.hub import converted_folder
 
     monkeypatch.setenv("VIDIFF_CACHE", str(tmp_path / "cache"))
     file = ldm_file(folders / "sd", tmp_path / "civitai-model.safetensors")
@@ -260,7 +261,7 @@ def test_single_file_without_config_infers_the_layout(folders, tmp_path, monkeyp
     lay_out_hub_repo(cache, "openai/clip-vit-large-patch14", folders / "sd" / "tokenizer")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from vidiff.singlefile import convert_checkpoint
+    from vidiff.loaders.singlefile import convert_checkpoint
 
     file = ldm_file(folders / "sd", tmp_path / "model.safetensors")
     out = convert_checkpoint(file, tmp_path / "inferred")            # no config: layouts from the keys
@@ -360,7 +361,7 @@ def test_decode_chunk_size_and_vae_tiling_keep_the_frames(folders):
 
 LOAD_PEAK = """
 import resource, sys, torch
-from vidiff.pipeline import VideoPipeline
+from vidiff.pipelines.pipeline import VideoPipeline
 torch.set_num_threads(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 pipe = VideoPipeline.from_pretrained(sys.argv[1], motion_adapter=sys.argv[2])
@@ -392,8 +393,8 @@ def test_loading_sd_and_adapter_holds_about_one_copy_of_the_weights(tmp_path):
 
 
 def test_a_training_step_with_ema_runs_on_the_meta_device():
-    from vidiff.config import load_config
-    from vidiff.train import Objective, draw
+    from vidiff.training.config import load_config
+    from vidiff.training.train import Objective, draw
 
     pipe = testing.tiny_pipeline()
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [])

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from vidiff.samplers import SAMPLERS, get_sampler
-from vidiff.schedule import Denoiser, NoiseSchedule
+from vidiff.diffusion.samplers import SAMPLERS, get_sampler
+from vidiff.diffusion.schedule import Denoiser, NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -133,7 +133,7 @@ def test_terminal_snr_rescale_is_diffusers_zero_snr_at_zero():
     """rescale_terminal_snr(., 0) is diffusers' rescale_zero_terminal_snr (Lin et al. 2023)."""
     from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
 
-    from vidiff.schedule import rescale_terminal_snr
+    from vidiff.diffusion.schedule import rescale_terminal_snr
 
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     ref = torch.cumprod(1 - rescale_zero_terminal_snr(betas), 0)

@@ -14,8 +14,8 @@ import pytest
 
 from vidiff import testing
 from vidiff.testing import free_port
-from vidiff.cli import main
-from vidiff.io import read_video
+from vidiff.app.cli import main
+from vidiff.data.io import read_video
 
 pytest.importorskip("gradio")
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def server(tmp_path_factory):
     testing.tiny_model(root / "models" / "tiny")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vidiff.cli", "serve", "--models", str(root / "models"),
+    proc = subprocess.Popen([sys.executable, "-m", "vidiff.app.cli", "serve", "--models", str(root / "models"),
                              "--outputs", str(root / "outputs"), "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=root)
     url = f"http://127.0.0.1:{port}/"
@@ -59,7 +59,7 @@ def test_browser_generates_shows_history_and_errors(server, tmp_path):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(url)
-        from vidiff.pipeline import VideoPipeline
+        from vidiff.pipelines.pipeline import VideoPipeline
 
         d = VideoPipeline.from_pretrained(root / "models" / "tiny").defaults       # the first model in the list
         sync_api.expect(page.locator("#steps input")).to_have_value(str(int(d.get("num_inference_steps", 25))))
@@ -152,7 +152,7 @@ def test_port_in_use_is_one_line_exit_2(capsys):
 
 
 def test_one_run_at_a_time_bounded_queue_and_one_model_kept(tmp_path):
-    from vidiff.serve import Models, build_app
+    from vidiff.app.serve import Models, build_app
 
     a, b = testing.tiny_model(tmp_path / "a"), testing.tiny_model(tmp_path / "b", seed=1)
     app = build_app({"a": a, "b": b}, tmp_path / "out", queue_size=5)

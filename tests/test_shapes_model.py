@@ -6,10 +6,10 @@ import warnings
 import numpy as np
 import pytest
 
-from vidiff.bench import shapes_prompts
-from vidiff.cli import main
-from vidiff.pipeline import DEFAULT_MODEL, VideoPipeline
-from vidiff.shapes import COLORS, HOLDOUT, MOTIONS, SHAPES, caption, detect, render_clip
+from vidiff.evaluation.bench import shapes_prompts
+from vidiff.app.cli import main
+from vidiff.pipelines.pipeline import DEFAULT_MODEL, VideoPipeline
+from vidiff.data.shapes import COLORS, HOLDOUT, MOTIONS, SHAPES, caption, detect, render_clip
 
 
 def test_detector_reads_every_rendered_combination():
@@ -22,7 +22,7 @@ def test_detector_reads_every_rendered_combination():
 
 
 def test_detector_reads_big_objects_and_the_bench_draws_its_clips_at_that_size(capsys):
-    from vidiff.bench import shapes_benchmark
+    from vidiff.evaluation.bench import shapes_benchmark
 
     wrong = []                    # configs/small.yaml's data: objects 1.6x the default size, shorter travel
     for i, combo in enumerate(itertools.product(COLORS, SHAPES, MOTIONS)):
@@ -102,7 +102,7 @@ def test_video_to_video_recolours_a_rendered_clip_and_keeps_its_motion(pipe):
     """Issue "editing": a rendered red circle moving right, re-prompted blue at strength 0.7."""
     import numpy as np
 
-    from vidiff.shapes import render_clip
+    from vidiff.data.shapes import render_clip
 
     got = []
     for seed in range(3):
@@ -119,7 +119,7 @@ def test_drift_adds_an_unnamed_downward_motion(tmp_path):
 
     import numpy as np
 
-    from vidiff.shapes import make_shapes_dataset, render_clip
+    from vidiff.data.shapes import make_shapes_dataset, render_clip
 
     plain = render_clip("red", "circle", "right", np.random.default_rng(0), 64, 16)
     drifted = render_clip("red", "circle", "right", np.random.default_rng(0), 64, 16, drift=0.3)
@@ -143,7 +143,7 @@ def test_detector_tolerates_pixel_noise():
 
 
 def test_background_noise_is_zero_on_rendered_clips_and_reads_added_noise():
-    from vidiff.shapes import background_noise
+    from vidiff.data.shapes import background_noise
 
     clip = render_clip("red", "square", "right", np.random.default_rng(0), 64, 16)
     assert background_noise(clip) == pytest.approx(0.0, abs=0.5)
@@ -184,7 +184,7 @@ class _Rendering:
 
 
 def test_shapes_benchmark_reports_per_shape_noise_and_flicker_next_to_rendered_clips():
-    from vidiff.bench import shapes_benchmark, shapes_table
+    from vidiff.evaluation.bench import shapes_benchmark, shapes_table
 
     clean = shapes_benchmark(_Rendering(), seeds=1, i2v_clips=2, progress=False)
     assert clean["by_shape"] == {"circle": 1.0, "square": 1.0, "triangle": 1.0}

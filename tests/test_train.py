@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vidiff.config import load_config
-from vidiff.data import ClipDataset
-from vidiff.shapes import make_shapes_dataset
-from vidiff.train import Objective, build_models, check, draw, latest_checkpoint, train
+from vidiff.training.config import load_config
+from vidiff.data.clips import ClipDataset
+from vidiff.data.shapes import make_shapes_dataset
+from vidiff.training.train import Objective, build_models, check, draw, latest_checkpoint, train
 from vidiff.testing import free_port, kill_when
-from vidiff.unet import UNet, is_temporal_key
+from vidiff.models.unet import UNet, is_temporal_key
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -52,7 +52,7 @@ def test_tiny_training_lowers_the_loss(data, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30]
     assert all(r["clips_per_s"] > 0 and r["skipped_files"] == 0 for r in log)
-    from vidiff.pipeline import VideoPipeline
+    from vidiff.pipelines.pipeline import VideoPipeline
 
     pipe = VideoPipeline.from_pretrained(result["model_dir"])
     video = pipe("a red circle moving left", num_inference_steps=2, progress=False)
@@ -61,7 +61,7 @@ def test_tiny_training_lowers_the_loss(data, tmp_path):
 
 def test_sample_section_becomes_the_trained_models_defaults(data, tmp_path):
     """`sample:` in a config (how the result samples) lands in its model_index.json; bad values are one line."""
-    from vidiff.pipeline import VideoPipeline
+    from vidiff.pipelines.pipeline import VideoPipeline
 
     cfg = cfg_for(data, tmp_path, "train.steps=1", "train.checkpoint_every=1", "model.frame_conditioning=true",
                   "sample.first_frame_first=true", "sample.min_frames=4", "sample.num_inference_steps=3",
@@ -86,7 +86,7 @@ def test_sample_section_becomes_the_trained_models_defaults(data, tmp_path):
 def test_shipped_two_stage_recipes_run_end_to_end(tmp_path, stages):
     """Each shipped recipe's stage 1 feeds its stage 2 as written (2 steps each on a few clips), and the
     result samples with the recipe's `sample:` defaults."""
-    from vidiff.pipeline import VideoPipeline
+    from vidiff.pipelines.pipeline import VideoPipeline
 
     root = Path(__file__).resolve().parents[1] / "configs"
     clips = make_shapes_dataset(tmp_path / "d", clips=4, num_frames=24, progress=False, scale=1.6)
@@ -148,7 +148,7 @@ def test_bf16_mixed_precision_runs_on_cpu(data, tmp_path):
 
 
 def _run(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "vidiff.cli", "train", str(TINY), *args, "--quiet"],
+    return subprocess.Popen([sys.executable, "-m", "vidiff.app.cli", "train", str(TINY), *args, "--quiet"],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
@@ -233,7 +233,7 @@ def test_sd15_motion_config_trains_temporal_layers_of_a_diffusers_folder(data, t
     assert all(torch.equal(trained[k], v) for k, v in source.items())       # spatial frozen, copied exactly
     assert any(not torch.equal(trained[k], torch.zeros_like(trained[k]))
                for k in trained if ".temp_attentions." in k and "to_out" in k)
-    from vidiff.pipeline import VideoPipeline
+    from vidiff.pipelines.pipeline import VideoPipeline
 
     pipe = VideoPipeline.from_pretrained(result["model_dir"])
     assert pipe.codec.kind == "vae" and pipe.schedule.beta_schedule == "scaled_linear"
@@ -263,7 +263,7 @@ def test_skipped_files_are_counted_in_the_training_log(data, tmp_path):
 
 def test_high_noise_fraction_moves_clips_to_the_top_levels(tmp_path):
     """train.high_noise_fraction: that share of clips (one level per video) from the top tenth."""
-    from vidiff.schedule import NoiseSchedule
+    from vidiff.diffusion.schedule import NoiseSchedule
 
     schedule, x0 = NoiseSchedule(), torch.zeros(4000, 1, 3, 2, 2)
     for frac in (0.0, 0.5):
@@ -278,8 +278,8 @@ def test_high_noise_fraction_moves_clips_to_the_top_levels(tmp_path):
 
 def test_loss_floor_caps_the_x_prediction_weight(tmp_path):
     """train.loss_floor: sqrt(1 - a) is floored there, so no level weighs more than 1 / floor^2."""
-    from vidiff.schedule import NoiseSchedule
-    from vidiff.train import Objective
+    from vidiff.diffusion.schedule import NoiseSchedule
+    from vidiff.training.train import Objective
 
     schedule = NoiseSchedule(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type="sample")
     t = torch.tensor([[0], [99], [500]])
@@ -306,7 +306,7 @@ def test_loss_floor_caps_the_x_prediction_weight(tmp_path):
 
 def test_level_band_moves_that_share_of_levels_into_the_band(tmp_path):
     """train.level_band_fraction: that share of clips (one level per video) or images drawn from level_band."""
-    from vidiff.schedule import NoiseSchedule
+    from vidiff.diffusion.schedule import NoiseSchedule
 
     schedule, x0 = NoiseSchedule(), torch.zeros(4000, 1, 3, 2, 2)
     for frac, video in ((0.0, True), (0.5, True), (0.5, False)):

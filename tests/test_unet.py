@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model_config
-from vidiff.inflate import inflate
-from vidiff.layers import GroupNorm, TemporalConv, attention, resolve_backend, xformers_available
-from vidiff.unet import UNet, is_temporal_key
+from vidiff.models.inflate import inflate
+from vidiff.models.layers import GroupNorm, TemporalConv, attention, resolve_backend, xformers_available
+from vidiff.models.unet import UNet, is_temporal_key
 
 CTX = 32
 
@@ -299,7 +299,7 @@ def test_top_level_inflate_and_mismatched_weights_are_value_errors(tmp_path):
     (tmp_path / "unet" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="size mismatch"):
         vidiff.inflate(tmp_path / "unet")
-    r = subprocess.run([sys.executable, "-m", "vidiff.cli", "inflate", str(tmp_path / "unet"), "--out",
+    r = subprocess.run([sys.executable, "-m", "vidiff.app.cli", "inflate", str(tmp_path / "unet"), "--out",
                         str(tmp_path / "out")], capture_output=True, text=True)
     assert r.returncode == 2 and "size mismatch" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
@@ -346,7 +346,7 @@ def test_scale_shift_resblock_matches_diffusers():
     """time_scale_shift ResBlocks compute what diffusers' ResnetBlock2D(time_embedding_norm='scale_shift') does."""
     from diffusers.models.resnet import ResnetBlock2D
 
-    from vidiff.layers import ResBlock
+    from vidiff.models.layers import ResBlock
 
     ref = ResnetBlock2D(in_channels=32, out_channels=64, temb_channels=48, groups=8,
                         time_embedding_norm="scale_shift").eval()
@@ -380,7 +380,7 @@ def test_frame_position_starts_inert_then_gives_frames_an_order():
 
 def test_frame_position_can_be_added_when_fine_tuning_a_video_model(tmp_path):
     """A train.init video model gains frame_position through model overrides, unchanged at first."""
-    from vidiff.train import _with_overrides
+    from vidiff.training.train import _with_overrides
 
     video = perturb_temporal(inflate(image_unet(pooled_text=True))).eval()
     grown = _with_overrides(video, {"frame_position": True}).eval()
@@ -393,7 +393,7 @@ def test_frame_position_can_be_added_when_fine_tuning_a_video_model(tmp_path):
 
 @pytest.mark.parametrize("d, dtype", [(8, torch.float32), (7, torch.float32), (8, torch.bfloat16)])
 def test_rope_turns_each_channel_pair_by_its_angle_and_depends_on_offsets_only(d, dtype):
-    from vidiff.layers import rope
+    from vidiff.models.layers import rope
 
     x = torch.randn(3, 2, 5, d).to(dtype)
     pos = torch.arange(5)

@@ -1,21 +1,31 @@
 """vidiff: image diffusion models extended to video.
 
-`vidiff.inflate(image_unet)` and `vidiff.UNet` are imported here (torch + einops only);
-`vidiff.VideoPipeline` is loaded on first use, since it pulls in transformers.
+The public names are imported on first use, so `import vidiff` and `vidiff --help` stay fast:
+`from vidiff import VideoPipeline, UNet, inflate, consistency, load_config, train, ...`. The package is one
+subpackage per capability (docs/design.md): models, diffusion, data (floor 1); loaders, evaluation (2);
+pipelines (3); training (4); app (5).
 """
 
 __version__ = "0.1.0"
 
-from .inflate import inflate  # noqa: E402
-from .unet import UNet, UNetConfig  # noqa: E402
-
-__all__ = ["inflate", "UNet", "UNetConfig", "VideoPipeline"]
+_PUBLIC = {   # name -> module that defines it
+    "UNet": "vidiff.models.unet", "UNetConfig": "vidiff.models.unet", "inflate": "vidiff.models.inflate",
+    "VideoPipeline": "vidiff.pipelines.pipeline", "Video": "vidiff.pipelines.pipeline",
+    "NoiseSchedule": "vidiff.diffusion.schedule", "SAMPLERS": "vidiff.diffusion.samplers",
+    "ClipDataset": "vidiff.data.clips", "read_video": "vidiff.data.io", "write_video": "vidiff.data.io",
+    "read_settings": "vidiff.data.io", "consistency": "vidiff.evaluation.bench",
+    "load_config": "vidiff.training.config", "train": "vidiff.training.train",
+    "with_motion_adapter": "vidiff.loaders.convert",
+}
+__all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str):
-    """Lazy `vidiff.VideoPipeline`."""
-    if name == "VideoPipeline":
-        from .pipeline import VideoPipeline
+    """Import a public name from its module on first use."""
+    if name in _PUBLIC:
+        import importlib
 
-        return VideoPipeline
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'vidiff' has no attribute {name!r}")

@@ -17,14 +17,14 @@ TINY_YAML = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 
 def tiny_tokenizer(max_length: int = 16):
     """A word-level tokenizer over `VOCAB`, built in memory."""
-    from .text import word_tokenizer
+    from vidiff.models.text import word_tokenizer
 
     return word_tokenizer(VOCAB, max_length)
 
 
 def tiny_text_encoder(dim: int = 32, seed: int = 0):
     """A 2-layer random CLIP text model with the tiny tokenizer, wrapped as `TextEncoder`."""
-    from .text import TextEncoder
+    from vidiff.models.text import TextEncoder
 
     torch.manual_seed(seed)
     return TextEncoder.build(VOCAB, dim=dim, layers=2, heads=2, max_length=16, seed=seed)
@@ -40,10 +40,10 @@ def tiny_unet_config(**overrides) -> dict:
 
 def tiny_pipeline(factor: int = 2, seed: int = 0, perturb: float = 0.05, **unet_overrides):
     """A random `VideoPipeline` in pixel space (pixel-unshuffle `factor`), 64x64 by default."""
-    from .codec import PixelCodec
-    from .pipeline import VideoPipeline
-    from .schedule import NoiseSchedule
-    from .unet import UNet
+    from vidiff.models.codec import PixelCodec
+    from vidiff.pipelines.pipeline import VideoPipeline
+    from vidiff.diffusion.schedule import NoiseSchedule
+    from vidiff.models.unet import UNet
 
     codec = PixelCodec(factor)
     torch.manual_seed(seed)

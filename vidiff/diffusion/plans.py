@@ -1,0 +1,290 @@
+"""Sampling plans over the one-window sampler: which frames are sampled together, which are given.
+
+`sample_window` samples one window of frames (some given) with a pipeline's UNet, schedule and
+codec; `sample_autoregressive` slides such windows over a longer video. `VideoPipeline` stays the
+thin owner of model, text, codec and schedule and calls these.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from vidiff.devices import randn, randperm
+from vidiff.diffusion.samplers import get_sampler
+from vidiff.diffusion.schedule import Denoiser, per_frame
+
+
+def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, generator, progress, offset=0,
+                  noise=None, init=None, start: int = 0):
+    """Sample one window of frames with `pipe`, some possibly given (`known` = (latents, mask) or None).
+
+    With `init` (clean latents of an input video), sampling starts at step `start` of the grid from
+    `init` noised to that level (SDEdit; video-to-video), as diffusers' img2img pipelines do.
+    Returns the final latents in the codec's (variance-preserving) units, as diffusers does. A free window
+    shorter than the model's `min_frames` default is drawn as the start of one that long.
+    """
+    from tqdm.auto import tqdm
+
+    b, _, f = shape[:3]
+    k = int(getattr(pipe, "defaults", {}).get("min_frames", 1))
+    if f < k and known is None and init is None and noise is None:
+        # the model's temporal layers never saw a window shorter than `min_frames` (its defaults): draw
+        # this one as the first frames of a window that long (per-frame texts: the last one repeats)
+        if ctx.ndim == 4:
+            ctx = torch.cat([ctx, ctx[:, -1:].expand(-1, k - f, *ctx.shape[2:])], 1)
+        return sample_window(pipe, (*shape[:2], k, *shape[3:]), None, ctx, steps, guidance, sampler, eta, generator,
+                             progress, offset)[:, :, :f]
+    plan = pipe.schedule.plan(steps, sampler)
+    if noise is None:
+        noise = randn(shape, generator)
+    noise = noise.to(pipe.device, torch.float32)
+    sigmas = plan.sigmas[start:]                     # host-side: samplers move them; given-frame masks are host-side
+    landing = None if plan.landing is None else plan.landing[start:]
+    x = noise * plan.init_sigma if init is None else init.to(pipe.device, torch.float32) + sigmas[0] * noise
+    cfg = ctx.shape[0] == 2
+    if ctx.shape[0] != b * (2 if cfg else 1):                  # [negative, positive] -> one per video
+        ctx = ctx.repeat_interleave(b, 0)
+    gscale = torch.as_tensor(guidance, dtype=torch.float32, device=pipe.device)
+    if gscale.ndim == 1:   # (first, last): a linear ramp over the frames of this window
+        gscale = gscale[0] + (gscale[1] - gscale[0]) * torch.linspace(0, 1, f, device=pipe.device)[None]
+    framecond = known is not None and pipe.unet.config.frame_conditioning
+    if framecond:
+        lat, mask = known
+        frozen = mask.bool().cpu()
+        sigmas = sigmas[:, None, None].expand(-1, b, f).clone()
+        sigmas[:, frozen] = 0                         # given frames sit at level 0 throughout
+        if landing is not None:
+            landing = landing[:, None, None].expand(-1, b, f).clone()
+            landing[:, frozen] = 0
+        x = torch.where(per_frame(mask, x) > 0, lat, x)
+
+    n = 2 if cfg else 1
+    kw = dict(cond=lat.repeat(n, 1, 1, 1, 1).to(pipe.dtype), cond_mask=mask.repeat(n, 1)) if framecond else {}
+    guided = _guided(pipe, gscale, cfg, kw)
+    denoise = Denoiser(lambda x_t, t: guided(x_t, t, ctx), pipe.schedule, plan)
+    if known is not None and not framecond:
+        lat, mask = known
+        replace = per_frame(mask, x) > 0
+        fixed = randn(shape, generator, pipe.device)
+
+        def denoise(x, sigma, _d=denoise):       # replacement: given frames re-noised to sigma
+            x = torch.where(replace, lat + per_frame(sigma, x) * fixed, x)
+            return torch.where(replace, lat, _d(x, sigma))
+
+    extra = {"eta": eta} if sampler in ("ddim", "euler_ancestral") and eta else {}
+    if sampler == "ddim" and landing is not None:
+        extra["landing"] = landing
+    if sampler == "lcm":
+        extra.update(timesteps=plan.timesteps[start:], timestep_scaling=pipe.schedule.timestep_scaling)
+    if sampler in ("lcm", "euler_ancestral", "dpmpp_2m_sde") or extra.get("eta"):
+        extra["randn"] = noise_layout(pipe.unet.config)
+    bar = tqdm(total=len(sigmas) - 1, desc=f"frames {offset}-{offset + f - 1}", disable=not progress, leave=False)
+    with torch.no_grad():
+        x = get_sampler(sampler)(denoise, x, sigmas, generator=generator,
+                                 callback=lambda *a: bar.update(1), **extra)
+    bar.close()
+    x = x * plan.output_scale
+    if known is not None:
+        x = torch.where(per_frame(known[1], x) > 0, known[0], x)
+    return x
+
+
+def noise_layout(unet_config):
+    """How a sampler draws its step noise: as diffusers' pipeline for this family lays it out.
+
+    TextToVideoSDPipeline steps its scheduler on `(b f) c h w`, so ModelScope models draw noise
+    frame-major; everything else draws it in `b c f h w` order.
+    """
+    if unet_config.temporal_family != "modelscope" or not unet_config.temporal:
+        return None
+
+    def frame_major(x, generator):
+        b, c, f, h, w = x.shape
+        flat = randn((b * f, c, h, w), generator, x.device, x.dtype)
+        return rearrange(flat, "(b f) c h w -> b c f h w", b=b)
+    return frame_major
+
+def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, seams: list | None = None, init=None,
+                          **run):
+    """Slide a `chunk`-frame window: each new window's first `context` frames are given.
+
+    With `noise` (the whole video's starting noise) or `init` (video-to-video), each window starts from its slice.
+    `seams`, when a list, receives the first new frame of every window after the first.
+    """
+    b, c, f, hh, ww = shape
+    out = torch.zeros(shape, device=pipe.device)
+    done = torch.zeros(f, dtype=torch.bool)
+    if known is not None:
+        out = torch.where(per_frame(known[1], out) > 0, known[0], out)
+        done = known[1][0].bool().cpu()
+    # first window starts at the first frame still to make, backed up to give it context
+    start = int(torch.nonzero(~done)[0]) if (~done).any() else f
+    start = max(0, start - context) if start > 0 else 0
+    windows = 0
+    while start < f and not done[start:].all():
+        end = min(start + chunk, f)
+        win_mask = done[start:end].float()[None].expand(b, -1)
+        win_known = (out[:, :, start:end], win_mask) if done[start:end].any() else None
+        new = torch.nonzero(~done[start:end])
+        if seams is not None and len(new) and windows:
+            seams.append(start + int(new[0]))
+        windows += 1
+        per_frame_text = run["ctx"].ndim == 4                      # prompt travel: this window's texts
+        window = sample_window(pipe, (b, c, end - start, hh, ww), win_known, offset=start,
+                              noise=None if noise is None else noise[:, :, start:end],
+                              init=None if init is None else init[:, :, start:end],
+                              **({**run, "ctx": run["ctx"][:, start:end]} if per_frame_text else run))
+        out[:, :, start:end] = window
+        done[start:end] = True
+        if end == f:
+            break
+        start = end - context
+    return out
+
+
+NOISE_TYPES = ("shuffle_context", "repeat_context", "random")
+
+
+def freenoise_noise(shape, generator, length: int, stride: int, noise_type: str = "shuffle_context") -> torch.Tensor:
+    """Starting noise for windowed sampling (FreeNoise, Qiu et al. 2024), drawn as diffusers draws it.
+
+    `shuffle_context`: every `stride` frames past the first window repeat a shuffled block of the
+    frames `length` earlier, so distant windows start from correlated noise. diffusers'
+    `repeat_context` draws all frames at once as well (its window-sized draw never triggers), so
+    here it is the same as `random`.
+    """
+    if noise_type not in NOISE_TYPES:
+        raise ValueError(f"noise type must be one of {NOISE_TYPES}, got {noise_type!r}")
+    noise = randn(shape, generator)
+    f = shape[2]
+    if noise_type != "shuffle_context":
+        return noise
+    for i in range(length, f, stride):
+        start = max(0, i - length)
+        end = min(f, start + stride)
+        if end == start:
+            break
+        idx = torch.arange(start, end)[randperm(end - start, generator)]
+        n = min(f, i + len(idx)) - i
+        noise[:, :, i:i + n] = noise[:, :, idx[:n]]
+    return noise
+
+
+def sample_windows(pipe, shape, known, length: int, stride: int, weighting: str, noise_type: str, noise=None,
+                   seams: list | None = None, **run):
+    """All frames denoised together; temporal attention in overlapping windows fused every step (FreeNoise).
+
+    `seams`, when a list, receives where each window after the first starts (its frames overlap the
+    previous window, so these are where a join could show).
+    """
+    if noise is None:
+        noise = freenoise_noise(shape, run["generator"], length, stride, noise_type)
+    f = shape[2]
+    if seams is not None and f > length:
+        starts = list(range(stride, f - length + 1, stride))
+        if not starts or starts[-1] + length < f:
+            starts.append(f - length)
+        seams.extend(starts)
+    with pipe.unet.temporal_windows(length, stride, weighting):
+        return sample_window(pipe, shape, known, noise=noise, **run)
+
+
+def sample_plan(pipe, mode: str, shape, known, run: dict, chunk: int, context: int, stride: int, weighting: str,
+                noise_type: str, noise=None):
+    """(latents, seams) of a whole video by plan `mode`: all frames in one window, overlapping windows fused
+    every step (`windows`), or windows one after another (`autoregressive`). `run` holds `sample_window`'s
+    arguments; seams is None for one window."""
+    if mode == "all" or chunk >= shape[2]:
+        return sample_window(pipe, shape, known, noise=noise, **run), None
+    seams: list = []
+    if mode == "windows":
+        return sample_windows(pipe, shape, known, chunk, stride, weighting, noise_type, noise=noise, seams=seams,
+                              **run), seams
+    return sample_autoregressive(pipe, shape, known, chunk, context, noise=noise, seams=seams, **run), seams
+
+
+def _guided(pipe, gscale: torch.Tensor, cfg: bool, kw: dict):
+    """`model(x_t, t, ctx)`: the unconditional and conditional halves in one UNet batch when `cfg`, then guidance."""
+    n = 2 if cfg else 1
+
+    def model(x_t, t, ctx):
+        t = t.repeat(n, *([1] * (t.ndim - 1)))
+        out = pipe.unet(x_t.repeat(n, 1, 1, 1, 1).to(pipe.dtype), t, ctx, **kw).float()
+        if not cfg:
+            return out
+        uncond, cond = out.chunk(2)
+        return uncond + per_frame(gscale, uncond) * (cond - uncond)
+    return model
+
+
+def fifo_cost(frames: int, window: int, partitions: int, lookahead: bool = True) -> tuple[int, int]:
+    """(UNet window passes of a fifo run, passes per output frame): `sample_fifo`'s loop, counted."""
+    la, nf = (window // 2 if lookahead else 0), partitions * window
+    per = len(range(0, la + nf - window + 1, window // 2)) if lookahead else len(range(0, nf, window))
+    return (frames + nf - window) * per + nf, per          # + the base clip: nf steps of one window
+
+
+def sample_fifo(pipe, shape, ctx, guidance, generator, progress, window: int, partitions: int = 2,
+                lookahead: bool = True):
+    """FIFO-Diffusion (Kim et al. 2024): a queue of frames whose noise rises from head to tail.
+
+    The queue holds `partitions * window` frames, frame k at level k of a DDIM grid of that many
+    steps. Each pass denoises every frame one level (the UNet sees `window` frames at a time, each
+    at its own level), the clean head frame leaves as output and fresh noise joins the tail, so
+    memory does not grow with the video's length. With `lookahead`, `window / 2` clean frames ride
+    ahead of the head and windows overlap by half; only each window's noisier half is written back.
+    The queue starts from a base clip sampled in one window, and the first `(partitions - 1) * window`
+    outputs are warm-up and dropped (the paper's released code). Returns decoded frames `f h w 3`.
+    """
+    from tqdm.auto import tqdm
+
+    b, c, total, hh, ww = shape
+    f, n = window, partitions
+    if b != 1:
+        raise ValueError("fifo mode makes one video at a time (b=1)")
+    if f < 2 or n < 1 or (lookahead and f % 2):
+        raise ValueError(f"fifo needs window >= 2 (even with lookahead) and partitions >= 1, got {f} and {n}")
+    nf, la, warm = n * f, (f // 2 if lookahead else 0), n * f - f
+    plan = pipe.schedule.plan(nf, "ddim")
+    sig = plan.sigmas.to(pipe.device)
+    levels = sig[:-1].flip(0)                                        # slot k (0 = head) sits at levels[k]
+    lands = torch.cat([sig[-1:], levels[:-1]])                       # one level down; the head lands clean
+    lev_all = torch.cat([levels[:1].expand(la), levels])             # lookahead slots are read at level 0
+    land_all = torch.cat([levels[:1].expand(la), lands])
+    per_frame_text = ctx.ndim == 4
+    texts = (lambda idx: ctx[:, idx]) if per_frame_text else (lambda idx: ctx)     # noqa: E731
+
+    # the queue starts from a base clip: the last `window` slots hold its frames noised to their levels,
+    # the earlier ones its first frame
+    base = sample_window(pipe, (b, c, f, hh, ww), None, texts([min(i, total - 1) for i in range(f)]), nf,
+                         guidance, "ddim", 0.0, generator, False)
+    eps = randn((b, c, la + nf, hh, ww), generator, pipe.device)
+    src = [0] * la + [max(0, k - warm) for k in range(nf)]
+    queue = base[:, :, src] + lev_all[None, None, :, None, None] * eps
+    gscale = torch.as_tensor(guidance, dtype=torch.float32, device=pipe.device)
+    if gscale.ndim:
+        raise ValueError("fifo mode takes one guidance scale, not a (first, last) ramp")
+    model = _guided(pipe, gscale, ctx.shape[0] == 2, {})
+    starts = list(range(0, la + nf - f + 1, f // 2)) if lookahead else list(range(0, nf, f))
+    keep = f // 2 if lookahead else 0                                # with lookahead only the noisier half is written
+    out = []
+    bar = tqdm(total=total + warm, desc="fifo", disable=not progress, leave=False)
+    with torch.no_grad():
+        for it in range(total + warm):
+            # output frame of each slot (for a per-frame prompt): stream position - warm-up, clamped
+            frame = [min(max(it - la + j - warm, 0), total - 1) for j in range(la + nf)]
+            for s in reversed(starts):                               # tail first: each window reads un-updated slots
+                e = s + f
+                x, sl = queue[:, :, s:e], lev_all[s:e][None].expand(b, -1)
+                x0 = Denoiser(lambda x_t, t, idx=frame[s:e]: model(x_t, t, texts(idx)), pipe.schedule)(x, sl)
+                ratio = per_frame(land_all[s:e][None].expand(b, -1) / sl, x0)
+                queue[:, :, s + keep:e] = (x0 + ratio * (x - x0))[:, :, keep:]
+            if it >= warm:
+                out.append(pipe._decode(queue[:, :, la:la + 1] * plan.output_scale)[0])
+            tail = randn((b, c, 1, hh, ww), generator, pipe.device) * plan.init_sigma
+            queue = torch.cat([queue[:, :, 1:], tail], dim=2)
+            bar.update(1)
+    bar.close()
+    return np.stack(out)

@@ -1,0 +1,449 @@
+"""VideoPipeline: text-to-video, image-to-video, continuation, interpolation and images.
+
+All modes are one sampling routine over a window of frames, some of which may be given:
+- a UNet with frame conditioning gets the given frames as `[cond * mask, mask]` inputs and
+  holds them at noise level 0 (per-frame noise levels);
+- any other UNet uses the training-free replacement method: given frames are re-noised to the
+  current level before each model call and their x0 estimate is the given frame.
+Autoregressive mode slides such a window over the video: `chunk` frames at a time, the first
+`context` of each window taken from what was made so far. Peak memory is that of one window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from vidiff.models.codec import PixelCodec, VaeCodec
+from vidiff.devices import randn, resolve_device, resolve_dtype
+from vidiff.data.io import as_frames, fit_frame, read_video, write_video
+from vidiff.diffusion.plans import sample_fifo, sample_plan, sample_window
+from vidiff.loaders.lora import PipelineLoras
+from vidiff.pipelines.offload import PipelineMemory
+from vidiff.pipelines.requests import RequestChecks
+from vidiff.diffusion.schedule import NoiseSchedule
+from vidiff.models.text import TextEncoder
+from vidiff.models.unet import UNet
+
+@dataclass
+class Video:
+    """Generated frames (`f h w 3` uint8) and their frame rate."""
+
+    frames: np.ndarray
+    fps: float = 8.0
+    settings: dict = field(default_factory=dict)   # what made it (seed included); saved inside the file
+    seams: list | None = None                      # first frame of each window after the first (long-video modes)
+
+    def save(self, path: str | os.PathLike, upscale: int = 1) -> Path:
+        """Write MP4 / GIF / PNG / frame folder by suffix (atomically), with the settings as metadata.
+
+        `upscale` enlarges each pixel to an n x n block, for looking at small videos.
+        """
+        from vidiff.data.io import upscale as _upscale
+
+        return write_video(_upscale(self.frames, upscale), path, fps=self.fps, metadata=self.settings or None)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """`f h w 3` uint8 -> `1 3 f h w` float in [-1, 1]."""
+    x = torch.from_numpy(np.require(as_frames(frames), requirements=["C", "W"])).float() / 127.5 - 1
+    return rearrange(x, "f h w c -> 1 c f h w")
+
+
+def to_frames(video: torch.Tensor) -> np.ndarray:
+    """`1 3 f h w` in [-1, 1] -> `f h w 3` uint8."""
+    x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(x, "c f h w -> f h w c").cpu().numpy()
+
+
+def load_frames(source) -> np.ndarray:
+    """An image or video given as path, PIL image, numpy array or Video -> `f h w 3` uint8."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_video(source)[0]
+    if hasattr(source, "convert") and hasattr(source, "size"):      # PIL image
+        return np.asarray(source.convert("RGB"))[None]
+    return as_frames(source)
+
+
+def jump_warning(frames: np.ndarray, factor: float = 8.0) -> None:
+    """Warn when frame 1 breaks from the given frame 0 far more than later frames change: the image is outside
+    what the model learned, and it replaced the image's look instead of animating it."""
+    if len(frames) < 3:
+        return
+    steps = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+    rest = float(np.median(steps[1:]))
+    if steps[0] > factor * max(rest, 1.0):
+        import warnings
+
+        warnings.warn(f"frame 1 differs from the given image {steps[0] / max(rest, 1.0):.0f}x more than later frames "
+                      f"differ from each other: the image is far from what this model learned, and its look is not "
+                      f"kept past frame 0")
+
+
+def _check_strength(strength) -> None:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"strength must be a number in [0, 1] (0 keeps the input, 1 redraws it), got {strength!r}")
+
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "shapes-64"   # shipped, trained by vidiff's recipe
+
+
+def travel(text_encoder, prompt, num_frames: int) -> torch.Tensor:
+    """Per-frame text states `(f, n, d)` for `prompt` = text or {frame: text} (prompt travel).
+
+    Key frames get their prompt's states; frames between two keys get the linear blend, and the last
+    key holds to the end, as diffusers interpolates dict prompts (`AnimateDiffFreeNoiseMixin`).
+    """
+    if isinstance(prompt, str):
+        return text_encoder([prompt])[0].expand(num_frames, -1, -1)
+    if not isinstance(prompt, dict) or not prompt:
+        raise ValueError(f"prompt must be a text or a non-empty {{frame: text}} dict, got {type(prompt).__name__}")
+    bad = [k for k, v in prompt.items() if not isinstance(k, int) or isinstance(k, bool) or not isinstance(v, str)]
+    if bad:
+        raise ValueError(f"prompt travel needs {{frame: text}} with integer frames, got key {bad[0]!r}")
+    keys = sorted(prompt)
+    if keys[0] != 0 or keys[-1] >= num_frames:
+        raise ValueError(f"prompt travel frames must start at 0 and stay below num_frames={num_frames}, got {keys}")
+    states = text_encoder([prompt[k] for k in keys])
+    out = states[-1:].expand(num_frames, -1, -1).clone()
+    if keys[-1] != num_frames - 1:                    # the last prompt holds to the last frame
+        keys, states = keys + [num_frames - 1], torch.cat([states, states[-1:]])
+    for i in range(len(keys) - 1):
+        a, b = keys[i], keys[i + 1]
+        w = torch.linspace(0, 1, b - a + 1, dtype=states.dtype, device=states.device)[:, None, None]
+        out[a:b + 1] = (1 - w) * states[i] + w * states[i + 1]
+    return out
+
+
+class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
+    """UNet + text encoder + noise schedule + codec, with the generation modes as methods."""
+
+    def __init__(self, unet: UNet, text_encoder: TextEncoder, schedule: NoiseSchedule, codec=None,
+                 defaults: dict | None = None):
+        self.unet, self.text_encoder, self.schedule = unet.eval(), text_encoder, schedule
+        self.codec = codec or PixelCodec(1)
+        if self.codec.channels != unet.config.in_channels:
+            raise ValueError(f"codec gives {self.codec.channels} channels, the UNet takes {unet.config.in_channels}")
+        self.defaults = {"height": 64, "width": 64, "num_frames": 16, "fps": 8, **(defaults or {})}
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+
+    # ---- folders -----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, motion_adapter=None, device: str = "auto",
+                        dtype="auto", scheduler: str | dict | None = None, variant: str | None = None,
+                        revision: str | None = None) -> "VideoPipeline":
+        """Load a model: a folder, a hub id (`org/name`, from the hub cache offline) or a single-file SD checkpoint.
+
+        Reads vidiff folders and diffusers `AnimateDiffPipeline` (UNetMotionModel, or a UNet2D plus
+        `motion_adapter/`), Stable Diffusion (with `motion_adapter=` a MotionAdapter folder, an
+        AnimateDiff .safetensors file or a hub id) and `TextToVideoSDPipeline` (ModelScope, Zeroscope) folders.
+        `scheduler` replaces the folder's scheduler class (a class, sampler or preset name) or some of its
+        config keys (a dict). `device="auto"` is CUDA when present; `dtype="auto"` float16 on CUDA, else
+        float32. `variant="fp16"` reads the `*.fp16.safetensors` files; `revision` picks a hub revision.
+        """
+        from vidiff.loaders.folders import load_components
+        from vidiff.loaders.hub import resolve_model
+
+        if path is None:
+            path = DEFAULT_MODEL
+            if not (path / "model_index.json").exists():
+                raise FileNotFoundError(f"the default model is not installed at {path}; pass a model folder")
+        folder, source = resolve_model(path, revision=revision, variant=variant)
+        adapter = None if motion_adapter is None else resolve_model(motion_adapter, kind="motion adapter",
+                                                                    variant=variant)[0]
+        unet, text, schedule, codec, defaults = load_components(folder, adapter, scheduler, variant=variant)
+        device = resolve_device(device)
+        pipe = cls(unet, text, schedule, codec, defaults).to(device, resolve_dtype(dtype, device))
+        pipe.source, pipe.variant = source, variant
+        pipe.adapter_source = None if motion_adapter is None else resolve_model(
+            motion_adapter, kind="motion adapter", variant=variant)[1]
+        return pipe
+
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write the model folder (`model_index.json`, `unet/`, `text_encoder/`, `tokenizer/`, `scheduler/`).
+
+        `dtype` (e.g. torch.float16) stores the UNet weights smaller; they load back into any dtype.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(path / "unet", dtype=dtype)
+        self.text_encoder.save_pretrained(path)
+        self.schedule.save_pretrained(path / "scheduler")
+        if isinstance(self.codec, VaeCodec):
+            self.codec.vae.save_pretrained(path / "vae", safe_serialization=True)
+        index = {"_class_name": "VidiffPipeline", "unet": ["vidiff", "UNet"],
+                 "text_encoder": ["transformers", "CLIPTextModel"],
+                 "tokenizer": ["transformers", type(self.text_encoder.tokenizer).__name__],
+                 "scheduler": ["diffusers", self.schedule.class_name],
+                 "vidiff": {"codec": self.codec.config(), "defaults": self.defaults}}
+        (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    def to(self, device=None, dtype=None) -> "VideoPipeline":
+        """Move UNet, text encoder and codec (`auto` names allowed); dtype applies to the UNet, and on CUDA
+        to the text encoder and to a VAE that is safe in it (not `force_upcast`), as diffusers does."""
+        self.device = resolve_device(device) if device is not None else self.device
+        self.dtype = resolve_dtype(dtype, self.device) if dtype is not None else self.dtype
+        if self.device.type == "cpu" and self.dtype == torch.float16:
+            import warnings
+
+            warnings.warn("float16 on a CPU is several times slower than float32 (no fast float16 kernels there); "
+                          "use float32, or bfloat16 on CPUs with AMX")
+        self.unet.to(device=self.device, dtype=self.dtype)
+        half_ok = self.device.type == "cuda"                  # on CPU fp16/bf16 text and VAE are slow or lossy
+        self.text_encoder.to(device=self.device, dtype=self.dtype if half_ok else torch.float32)
+        self.codec.to(device=self.device, dtype=self.codec.safe_dtype(self.dtype) if half_ok else torch.float32)
+        return self
+
+    # ---- generation --------------------------------------------------------------------------
+    def __call__(self, prompt: str | dict = "", negative_prompt: str | dict | None = None, num_frames: int | None = None,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
+                 guidance_scale=None, sampler: str | None = None, eta: float = 0.0, seed: int | None = None,
+                 generator: torch.Generator | None = None, mode: str = "all", chunk: int = 16, context: int = 4,
+                 fps: float | None = None, given: dict | None = None, progress: bool = True,
+                 first_frame_first: bool | None = None, latents: torch.Tensor | None = None,
+                 output_type: str = "video", stride: int = 4, weighting: str = "pyramid",
+                 noise_type: str = "shuffle_context", partitions: int = 2, lookahead: bool = True,
+                 init_video: np.ndarray | None = None, strength: float = 1.0, decode_chunk_size: int | None = None):
+        """Generate a video (or an image when num_frames=1). `given` maps frame index -> image.
+
+        `prompt` (and `negative_prompt`) may be {frame: text}: prompt travel, the text states blended
+        between key frames (see `travel`), in every mode.
+
+        `sampler` defaults to the one the model folder's scheduler names. `latents` (`b c f h w`, in
+        the codec's space) is the starting noise, scaled as diffusers scales it; its shape sets the
+        batch, frames and size. `output_type="latent"` returns the final latents (as diffusers'
+        `output_type="latent"`) instead of a `Video` (a list of them when b > 1).
+
+        `first_frame_first` (default: the model's `defaults`, else False) makes text-to-video two
+        steps of the same model: frame 0 as an image, then image-to-video from it (factorised
+        generation, as in Emu Video). The image fixes where the object is; the prompt then only has
+        to choose where it goes, which a frame-conditioned model learns far more easily.
+
+        A model whose `defaults` set `min_frames` (the shortest window its temporal layers were trained on)
+        draws a shorter window (an image; `first_frame_first`'s frame 0) as the first frames of one that
+        long (`sample_window`): at one frame such a model's temporal layers are outside what they learned.
+
+        `init_video` (`f h w 3` uint8 at the output size) with `strength` is video-to-video; see
+        `video_to_video`, which also reads, resizes and keeps the frame rate of its input.
+
+        `decode_chunk_size` sets how many frames the VAE decodes at once (default: the codec's, 8; fewer
+        is less memory, as diffusers' argument of that name).
+        """
+        if output_type not in ("video", "latent"):
+            raise ValueError(f"output_type must be 'video' or 'latent', got {output_type!r}")
+        if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
+            raise ValueError(f"decode_chunk_size must be an integer >= 1, got {decode_chunk_size!r}")
+        self.offload_idle()
+        self._chunk = decode_chunk_size
+        b = 1
+        if latents is not None:
+            latents = torch.as_tensor(latents)
+            r, c = self.codec.factor, self.codec.channels
+            if latents.ndim != 5 or latents.shape[1] != c:
+                raise ValueError(f"latents must be (b, {c}, f, h/{r}, w/{r}), got {tuple(latents.shape)}")
+            b, num_frames, height, width = latents.shape[0], latents.shape[2], latents.shape[3] * r, latents.shape[4] * r
+        fps = self.defaults["fps"] if fps is None else fps
+        if num_inference_steps is None:            # the model's own (a distilled model: fewer)
+            num_inference_steps = int(self.defaults.get("num_inference_steps", 25))
+        sampler = sampler or self.schedule.sampler
+        guidance_scale = self.defaults.get("guidance_scale", 7.5) if guidance_scale is None else guidance_scale
+        f, h, w = self.check_args(num_frames, height, width, num_inference_steps, sampler, mode, chunk,
+                                  context, guidance_scale, fps, stride)
+        if seed is None and generator is None:
+            seed = int(torch.randint(0, 2 ** 31, ()).item())      # recorded in the settings: reproducible
+        g = generator or torch.Generator(device="cpu").manual_seed(seed)
+        if first_frame_first is None:
+            first_frame_first = bool(self.defaults.get("first_frame_first", False))
+        if mode == "fifo":
+            if given or latents is not None or output_type != "video" or b > 1:
+                raise ValueError("fifo mode makes one video from text: no given frames, latents or latent output")
+            first_frame_first = False
+        if first_frame_first and not self.unet.config.frame_conditioning:
+            raise ValueError("first_frame_first=True needs a model with frame_conditioning (image-to-video); "
+                             "this one has none")
+        if first_frame_first and b > 1:
+            raise ValueError("first_frame_first works on one video at a time (latents with b=1)")
+        shape = (b, self.codec.channels, f, h // self.codec.factor, w // self.codec.factor)
+        init, start = None, 0
+        if init_video is not None:                  # video-to-video: its latents first, then the noise (diffusers' order)
+            if mode == "fifo" or latents is not None:
+                raise ValueError("video-to-video runs in modes all, autoregressive and windows, without latents=")
+            first_frame_first = False
+            init, latents, start = self._encode_video(init_video, shape, strength, num_inference_steps, sampler, g)
+        ctx = self._text(prompt, negative_prompt, guidance_scale, f)
+        run = dict(ctx=ctx, steps=num_inference_steps, guidance=guidance_scale, sampler=sampler, eta=eta,
+                   generator=g, progress=progress, init=init, start=start)
+        if first_frame_first and f > 1 and not given:
+            first = {**run, "ctx": ctx[:, :1]} if ctx.ndim == 4 else run
+            given = {0: self._decode(sample_window(self, (*shape[:2], 1, *shape[3:]), None, **first))[0]}
+        known = self._encode_given(given or {}, f, h, w, b)
+        seams = None
+        if mode == "fifo":
+            frames = sample_fifo(self, shape, ctx, guidance_scale, g, progress, window=chunk, partitions=partitions,
+                                 lookahead=lookahead)
+        elif start == num_inference_steps:           # strength 0: the input, through the codec
+            out = init
+        else:
+            out, seams = sample_plan(self, mode, shape, known, run, chunk=chunk, context=context, stride=stride,
+                                     weighting=weighting, noise_type=noise_type, noise=latents)
+        if output_type == "latent" and mode != "fifo":
+            return out
+        import vidiff
+
+        settings = {"prompt": prompt, "negative_prompt": negative_prompt, "num_frames": f, "height": h, "width": w,
+                    "num_inference_steps": num_inference_steps, "sampler": sampler, "eta": eta, "seed": seed,
+                    "guidance_scale": guidance_scale if isinstance(guidance_scale, (int, float)) else list(guidance_scale),
+                    "mode": mode, "chunk": chunk, "context": context, "fps": fps,
+                    **({"stride": stride, "weighting": weighting, "noise_type": noise_type} if mode == "windows" else {}),
+                    "first_frame_first": bool(first_frame_first), "given_frames": sorted(given or {}),
+                    "vidiff": getattr(vidiff, "__version__", None),
+                    "seams": seams, **({"strength": strength} if init is not None else {}), **self.recipe()}
+        if mode == "fifo":
+            settings.update(partitions=partitions, lookahead=lookahead, num_inference_steps=partitions * chunk)
+            return Video(frames, fps, settings, None)
+        videos = [Video(self._decode(out[i:i + 1]), fps, dict(settings), seams) for i in range(b)]
+        return videos[0] if b == 1 else videos
+
+    def recipe(self) -> dict:
+        """What loads this pipeline again: model (path or hub id@revision), motion adapter, variant, dtype, the
+        whole scheduler config and the LoRAs with their sources and scales (stored in every video's settings)."""
+        adapters = getattr(self, "_adapters", None)
+        return {"model": getattr(self, "source", None), "motion_adapter": getattr(self, "adapter_source", None),
+                "variant": getattr(self, "variant", None), "dtype": str(self.dtype).removeprefix("torch."),
+                "scheduler": self.schedule.to_config(),
+                **({"loras": [{"name": n, "source": adapters.sources.get(n), "scale": s}
+                              for n, s in adapters.scales.items()]} if adapters else {})}
+
+    def animate(self, image, prompt: str | dict = "", resize: str | None = None, **kwargs) -> Video:
+        """Image-to-video: frame 0 is `image` (path, PIL, numpy `h w 3` uint8; a video gives its first frame).
+
+        `resize` (crop / pad / stretch) fits the image to `height` x `width` (default: the model's
+        size); without it the image's own size is used.
+        """
+        import warnings
+
+        frame = load_frames(image)[0]
+        h, w = frame.shape[:2]
+        if resize is not None:
+            th, tw = kwargs.get("height") or self.defaults["height"], kwargs.get("width") or self.defaults["width"]
+            if (h, w) != (th, tw):
+                warnings.warn(f"resized the {w}x{h} image to {tw}x{th} ({resize})")
+                frame = fit_frame(frame, th, tw, resize)
+            h, w = th, tw
+        kwargs["height"], kwargs["width"] = h, w
+        video = self(prompt, given={0: frame}, **kwargs)
+        if isinstance(video, Video):
+            jump_warning(video.frames)
+        return video
+
+    def interpolate(self, first, last, prompt: str | dict = "", num_frames: int | None = None, **kwargs) -> Video:
+        """Frames between `first` and `last` (both kept)."""
+        a, b = load_frames(first)[-1], load_frames(last)[0]
+        f = num_frames or self.defaults["num_frames"]
+        kwargs.setdefault("height", a.shape[0])
+        kwargs.setdefault("width", a.shape[1])
+        return self(prompt, num_frames=f, given={0: a, f - 1: b}, **kwargs)
+
+    def video_to_video(self, video, prompt: str | dict = "", strength: float = 0.6, resize: str = "crop",
+                       **kwargs) -> Video:
+        """Restyle or re-prompt `video` (path, `Video` or `f h w 3` array), keeping its motion (SDEdit).
+
+        The input is noised to `strength` of the way up the schedule (0: returned as it is, 1: only its
+        length is kept) and denoised toward `prompt`. Its frame rate is kept. A size that is not the
+        requested `height` x `width` (default: the input's own, rounded down to the model's multiple)
+        is fitted with `resize` (crop / pad / stretch), with a warning. `mode` may be all,
+        autoregressive or windows, so a long input goes through the long-video modes.
+        """
+        import warnings
+
+        _check_strength(strength)
+        if isinstance(video, (str, os.PathLike)):
+            frames, fps = read_video(video)
+        else:
+            frames, fps = load_frames(video), getattr(video, "fps", None)
+        fps = kwargs.pop("fps", None) or fps or self.defaults["fps"]
+        h, w = frames.shape[1:3]
+        m = self.size_multiple
+        th = kwargs.pop("height", None) or max(m, h // m * m)
+        tw = kwargs.pop("width", None) or max(m, w // m * m)
+        if (h, w) != (th, tw):
+            warnings.warn(f"resized the {w}x{h} input video to {tw}x{th} ({resize}): this model needs multiples of {m}")
+            frames = np.stack([fit_frame(fr, th, tw, resize) for fr in frames])
+        return self(prompt, num_frames=len(frames), height=th, width=tw, fps=fps, init_video=frames,
+                    strength=strength, **kwargs)
+
+    def extend(self, video, prompt: str | dict = "", num_frames: int = 16, context: int = 4, chunk: int = 16,
+               **kwargs) -> Video:
+        """Continue `video` by `num_frames` new frames, autoregressively; returns the whole video."""
+        frames = load_frames(video)
+        fps = kwargs.pop("fps", None) or getattr(video, "fps", None) or self.defaults["fps"]
+        context = min(context, len(frames))
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        total = len(frames) + num_frames
+        h, w = frames.shape[1:3]
+        # The whole clip is "given" up front; only the window covering new frames is sampled.
+        given = {i: fr for i, fr in enumerate(frames)}
+        out = self(prompt, num_frames=total, height=h, width=w, given=given, mode="autoregressive",
+                   chunk=max(chunk, context + 1), context=context, fps=fps, **kwargs)
+        out.frames[:len(frames)] = frames      # the input as it was (a VAE round trip is lossy)
+        return out
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _text(self, prompt, negative_prompt, guidance_scale, num_frames: int = 1):
+        cfg = bool(torch.as_tensor(guidance_scale, dtype=torch.float32).gt(1).any())   # as diffusers: CFG when > 1
+        if isinstance(prompt, dict) or isinstance(negative_prompt, dict):             # prompt travel: a text per frame
+            parts = ([negative_prompt or ""] if cfg else []) + [prompt]
+            return torch.stack([travel(self.text_encoder, p, num_frames) for p in parts]).to(self.device, self.dtype)
+        prompts = ([negative_prompt or ""] if cfg else []) + [prompt]
+        return self.text_encoder(prompts).to(self.device, self.dtype)
+
+    def _encode_given(self, given: dict, f: int, h: int, w: int, b: int = 1):
+        if not given:
+            return None
+        r = self.codec.factor
+        lat = torch.zeros(b, self.codec.channels, f, h // r, w // r, device=self.device)
+        mask = torch.zeros(b, f)                            # host-side: it decides, per frame, what is sampled
+        for i, img in given.items():
+            img = as_frames(img)[0]
+            if not 0 <= i < f:
+                raise ValueError(f"given frame index {i} is outside 0..{f - 1}")
+            if img.shape[:2] != (h, w):
+                raise ValueError(f"given frame {i} is {img.shape[1]}x{img.shape[0]}, the video is {w}x{h}")
+            lat[:, :, i:i + 1] = self.codec.encode(to_tensor(img[None]).to(self.device))
+            mask[:, i] = 1
+        return lat, mask
+
+    def _encode_video(self, frames: np.ndarray, shape, strength: float, steps: int, sampler: str, g):
+        """(clean latents, noise, first step) of video-to-video, drawn as diffusers' video-to-video draws them:
+        the VAE posterior sample first, then noise laid out `b f c h w`."""
+        _check_strength(strength)
+        b, c, f, hh, ww = shape
+        frames = as_frames(frames)
+        if frames.shape[:3] != (f, hh * self.codec.factor, ww * self.codec.factor):
+            raise ValueError(f"the input video is {frames.shape[2]}x{frames.shape[1]} x {frames.shape[0]} frames, "
+                             f"the request {ww * self.codec.factor}x{hh * self.codec.factor} x {f}")
+        video = to_tensor(frames).to(self.device).repeat(b, 1, 1, 1, 1)
+        if isinstance(self.codec, VaeCodec):
+            init = self.codec.encode_sample(video, g)
+        else:
+            init = self.codec.encode(video).float()
+        noise = rearrange(randn((b, f, c, hh, ww), g), "b f c h w -> b c f h w")
+        start = steps - min(int(steps * strength), steps)            # diffusers' get_timesteps
+        return init, noise, start
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        # 16 frames at a time straight to uint8: decoding never holds the whole video in float
+        chunk = getattr(self, "_chunk", None)
+        kw = {"chunk": chunk} if chunk and isinstance(self.codec, VaeCodec) else {}
+        return np.concatenate([to_frames(self.codec.decode(latents[:, :, i:i + 16].float(), **kw))
+                               for i in range(0, latents.shape[2], 16)])
