@@ -1,24 +1,47 @@
 """Sampling plans over the one-window sampler: which frames are sampled together, which are given.
 
-`sample_window` samples one window of frames (some given) with a pipeline's UNet, schedule and
-codec; `sample_autoregressive` slides such windows over a longer video. `VideoPipeline` stays the
-thin owner of model, text, codec and schedule and calls these.
+A plan gets a `Runner`: the model as a function, the schedule, the device and the few facts about the model a
+plan needs (nothing else of the pipeline). `sample_window` samples one window of frames (some given);
+`sample_autoregressive` slides such windows over a longer video, `sample_windows` fuses overlapping windows
+every step, `sample_fifo` streams frames out of a queue. `VideoPipeline` builds the Runner and calls these.
 """
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
-from einops import rearrange
 
 from vidiff.devices import randn, randperm
 from vidiff.diffusion.samplers import get_sampler
-from vidiff.diffusion.schedule import Denoiser, per_frame
+from vidiff.diffusion.schedule import Denoiser, NoiseSchedule, per_frame
 
 
-def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, generator, progress, offset=0,
+@dataclass
+class Runner:
+    """What a sampling plan needs of a model, and nothing else."""
+
+    model: Callable                    # model(x_t, t, ctx, cond=None, cond_mask=None) -> float32 prediction
+    schedule: NoiseSchedule
+    device: torch.device
+    frame_conditioning: bool = False   # given frames enter as cond / cond_mask inputs (else: replacement)
+    min_frames: int = 1                # the shortest window the model's temporal layers learned
+    step_noise: Callable | None = None  # how samplers lay out step noise, when not `b c f h w` (`randn(x, g)`)
+    windows: Callable | None = None    # windows(length, stride, weighting): a context in which temporal
+                                       # attention runs on overlapping windows (FreeNoise)
+    decode: Callable | None = None     # latents -> `f h w 3` uint8 frames (fifo streams frames out)
+
+    def temporal_windows(self, length: int, stride: int, weighting: str):
+        """The model's windowed-attention context (a no-op for a model without temporal layers)."""
+        return self.windows(length, stride, weighting) if self.windows else contextlib.nullcontext()
+
+
+def sample_window(runner, shape, known, ctx, steps, guidance, sampler, eta, generator, progress, offset=0,
                   noise=None, init=None, start: int = 0):
-    """Sample one window of frames with `pipe`, some possibly given (`known` = (latents, mask) or None).
+    """Sample one window of frames with `runner`'s model, some possibly given (`known` = (latents, mask) or None).
 
     With `init` (clean latents of an input video), sampling starts at step `start` of the grid from
     `init` noised to that level (SDEdit; video-to-video), as diffusers' img2img pipelines do.
@@ -28,28 +51,28 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
     from tqdm.auto import tqdm
 
     b, _, f = shape[:3]
-    k = int(getattr(pipe, "defaults", {}).get("min_frames", 1))
+    k = runner.min_frames
     if f < k and known is None and init is None and noise is None:
         # the model's temporal layers never saw a window shorter than `min_frames` (its defaults): draw
         # this one as the first frames of a window that long (per-frame texts: the last one repeats)
         if ctx.ndim == 4:
             ctx = torch.cat([ctx, ctx[:, -1:].expand(-1, k - f, *ctx.shape[2:])], 1)
-        return sample_window(pipe, (*shape[:2], k, *shape[3:]), None, ctx, steps, guidance, sampler, eta, generator,
+        return sample_window(runner, (*shape[:2], k, *shape[3:]), None, ctx, steps, guidance, sampler, eta, generator,
                              progress, offset)[:, :, :f]
-    plan = pipe.schedule.plan(steps, sampler)
+    plan = runner.schedule.plan(steps, sampler)
     if noise is None:
         noise = randn(shape, generator)
-    noise = noise.to(pipe.device, torch.float32)
+    noise = noise.to(runner.device, torch.float32)
     sigmas = plan.sigmas[start:]                     # host-side: samplers move them; given-frame masks are host-side
     landing = None if plan.landing is None else plan.landing[start:]
-    x = noise * plan.init_sigma if init is None else init.to(pipe.device, torch.float32) + sigmas[0] * noise
+    x = noise * plan.init_sigma if init is None else init.to(runner.device, torch.float32) + sigmas[0] * noise
     cfg = ctx.shape[0] == 2
     if ctx.shape[0] != b * (2 if cfg else 1):                  # [negative, positive] -> one per video
         ctx = ctx.repeat_interleave(b, 0)
-    gscale = torch.as_tensor(guidance, dtype=torch.float32, device=pipe.device)
+    gscale = torch.as_tensor(guidance, dtype=torch.float32, device=runner.device)
     if gscale.ndim == 1:   # (first, last): a linear ramp over the frames of this window
-        gscale = gscale[0] + (gscale[1] - gscale[0]) * torch.linspace(0, 1, f, device=pipe.device)[None]
-    framecond = known is not None and pipe.unet.config.frame_conditioning
+        gscale = gscale[0] + (gscale[1] - gscale[0]) * torch.linspace(0, 1, f, device=runner.device)[None]
+    framecond = known is not None and runner.frame_conditioning
     if framecond:
         lat, mask = known
         frozen = mask.bool().cpu()
@@ -61,13 +84,13 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
         x = torch.where(per_frame(mask, x) > 0, lat, x)
 
     n = 2 if cfg else 1
-    kw = dict(cond=lat.repeat(n, 1, 1, 1, 1).to(pipe.dtype), cond_mask=mask.repeat(n, 1)) if framecond else {}
-    guided = _guided(pipe, gscale, cfg, kw)
-    denoise = Denoiser(lambda x_t, t: guided(x_t, t, ctx), pipe.schedule, plan)
+    kw = dict(cond=lat.repeat(n, 1, 1, 1, 1), cond_mask=mask.repeat(n, 1)) if framecond else {}
+    guided = _guided(runner, gscale, cfg, kw)
+    denoise = Denoiser(lambda x_t, t: guided(x_t, t, ctx), runner.schedule, plan)
     if known is not None and not framecond:
         lat, mask = known
         replace = per_frame(mask, x) > 0
-        fixed = randn(shape, generator, pipe.device)
+        fixed = randn(shape, generator, runner.device)
 
         def denoise(x, sigma, _d=denoise):       # replacement: given frames re-noised to sigma
             x = torch.where(replace, lat + per_frame(sigma, x) * fixed, x)
@@ -77,9 +100,9 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
     if sampler == "ddim" and landing is not None:
         extra["landing"] = landing
     if sampler == "lcm":
-        extra.update(timesteps=plan.timesteps[start:], timestep_scaling=pipe.schedule.timestep_scaling)
+        extra.update(timesteps=plan.timesteps[start:], timestep_scaling=runner.schedule.timestep_scaling)
     if sampler in ("lcm", "euler_ancestral", "dpmpp_2m_sde") or extra.get("eta"):
-        extra["randn"] = noise_layout(pipe.unet.config)
+        extra["randn"] = runner.step_noise
     bar = tqdm(total=len(sigmas) - 1, desc=f"frames {offset}-{offset + f - 1}", disable=not progress, leave=False)
     with torch.no_grad():
         x = get_sampler(sampler)(denoise, x, sigmas, generator=generator,
@@ -91,22 +114,7 @@ def sample_window(pipe, shape, known, ctx, steps, guidance, sampler, eta, genera
     return x
 
 
-def noise_layout(unet_config):
-    """How a sampler draws its step noise: as diffusers' pipeline for this family lays it out.
-
-    TextToVideoSDPipeline steps its scheduler on `(b f) c h w`, so ModelScope models draw noise
-    frame-major; everything else draws it in `b c f h w` order.
-    """
-    if unet_config.temporal_family != "modelscope" or not unet_config.temporal:
-        return None
-
-    def frame_major(x, generator):
-        b, c, f, h, w = x.shape
-        flat = randn((b * f, c, h, w), generator, x.device, x.dtype)
-        return rearrange(flat, "(b f) c h w -> b c f h w", b=b)
-    return frame_major
-
-def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, seams: list | None = None, init=None,
+def sample_autoregressive(runner, shape, known, chunk, context, noise=None, seams: list | None = None, init=None,
                           **run):
     """Slide a `chunk`-frame window: each new window's first `context` frames are given.
 
@@ -114,7 +122,7 @@ def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, seams:
     `seams`, when a list, receives the first new frame of every window after the first.
     """
     b, c, f, hh, ww = shape
-    out = torch.zeros(shape, device=pipe.device)
+    out = torch.zeros(shape, device=runner.device)
     done = torch.zeros(f, dtype=torch.bool)
     if known is not None:
         out = torch.where(per_frame(known[1], out) > 0, known[0], out)
@@ -132,7 +140,7 @@ def sample_autoregressive(pipe, shape, known, chunk, context, noise=None, seams:
             seams.append(start + int(new[0]))
         windows += 1
         per_frame_text = run["ctx"].ndim == 4                      # prompt travel: this window's texts
-        window = sample_window(pipe, (b, c, end - start, hh, ww), win_known, offset=start,
+        window = sample_window(runner, (b, c, end - start, hh, ww), win_known, offset=start,
                               noise=None if noise is None else noise[:, :, start:end],
                               init=None if init is None else init[:, :, start:end],
                               **({**run, "ctx": run["ctx"][:, start:end]} if per_frame_text else run))
@@ -172,7 +180,7 @@ def freenoise_noise(shape, generator, length: int, stride: int, noise_type: str 
     return noise
 
 
-def sample_windows(pipe, shape, known, length: int, stride: int, weighting: str, noise_type: str, noise=None,
+def sample_windows(runner, shape, known, length: int, stride: int, weighting: str, noise_type: str, noise=None,
                    seams: list | None = None, **run):
     """All frames denoised together; temporal attention in overlapping windows fused every step (FreeNoise).
 
@@ -187,31 +195,31 @@ def sample_windows(pipe, shape, known, length: int, stride: int, weighting: str,
         if not starts or starts[-1] + length < f:
             starts.append(f - length)
         seams.extend(starts)
-    with pipe.unet.temporal_windows(length, stride, weighting):
-        return sample_window(pipe, shape, known, noise=noise, **run)
+    with runner.temporal_windows(length, stride, weighting):
+        return sample_window(runner, shape, known, noise=noise, **run)
 
 
-def sample_plan(pipe, mode: str, shape, known, run: dict, chunk: int, context: int, stride: int, weighting: str,
+def sample_plan(runner, mode: str, shape, known, run: dict, chunk: int, context: int, stride: int, weighting: str,
                 noise_type: str, noise=None):
     """(latents, seams) of a whole video by plan `mode`: all frames in one window, overlapping windows fused
     every step (`windows`), or windows one after another (`autoregressive`). `run` holds `sample_window`'s
     arguments; seams is None for one window."""
     if mode == "all" or chunk >= shape[2]:
-        return sample_window(pipe, shape, known, noise=noise, **run), None
+        return sample_window(runner, shape, known, noise=noise, **run), None
     seams: list = []
     if mode == "windows":
-        return sample_windows(pipe, shape, known, chunk, stride, weighting, noise_type, noise=noise, seams=seams,
+        return sample_windows(runner, shape, known, chunk, stride, weighting, noise_type, noise=noise, seams=seams,
                               **run), seams
-    return sample_autoregressive(pipe, shape, known, chunk, context, noise=noise, seams=seams, **run), seams
+    return sample_autoregressive(runner, shape, known, chunk, context, noise=noise, seams=seams, **run), seams
 
 
-def _guided(pipe, gscale: torch.Tensor, cfg: bool, kw: dict):
+def _guided(runner, gscale: torch.Tensor, cfg: bool, kw: dict):
     """`model(x_t, t, ctx)`: the unconditional and conditional halves in one UNet batch when `cfg`, then guidance."""
     n = 2 if cfg else 1
 
     def model(x_t, t, ctx):
         t = t.repeat(n, *([1] * (t.ndim - 1)))
-        out = pipe.unet(x_t.repeat(n, 1, 1, 1, 1).to(pipe.dtype), t, ctx, **kw).float()
+        out = runner.model(x_t.repeat(n, 1, 1, 1, 1), t, ctx, **kw)
         if not cfg:
             return out
         uncond, cond = out.chunk(2)
@@ -226,7 +234,7 @@ def fifo_cost(frames: int, window: int, partitions: int, lookahead: bool = True)
     return (frames + nf - window) * per + nf, per          # + the base clip: nf steps of one window
 
 
-def sample_fifo(pipe, shape, ctx, guidance, generator, progress, window: int, partitions: int = 2,
+def sample_fifo(runner, shape, ctx, guidance, generator, progress, window: int, partitions: int = 2,
                 lookahead: bool = True):
     """FIFO-Diffusion (Kim et al. 2024): a queue of frames whose noise rises from head to tail.
 
@@ -247,8 +255,8 @@ def sample_fifo(pipe, shape, ctx, guidance, generator, progress, window: int, pa
     if f < 2 or n < 1 or (lookahead and f % 2):
         raise ValueError(f"fifo needs window >= 2 (even with lookahead) and partitions >= 1, got {f} and {n}")
     nf, la, warm = n * f, (f // 2 if lookahead else 0), n * f - f
-    plan = pipe.schedule.plan(nf, "ddim")
-    sig = plan.sigmas.to(pipe.device)
+    plan = runner.schedule.plan(nf, "ddim")
+    sig = plan.sigmas.to(runner.device)
     levels = sig[:-1].flip(0)                                        # slot k (0 = head) sits at levels[k]
     lands = torch.cat([sig[-1:], levels[:-1]])                       # one level down; the head lands clean
     lev_all = torch.cat([levels[:1].expand(la), levels])             # lookahead slots are read at level 0
@@ -258,15 +266,15 @@ def sample_fifo(pipe, shape, ctx, guidance, generator, progress, window: int, pa
 
     # the queue starts from a base clip: the last `window` slots hold its frames noised to their levels,
     # the earlier ones its first frame
-    base = sample_window(pipe, (b, c, f, hh, ww), None, texts([min(i, total - 1) for i in range(f)]), nf,
+    base = sample_window(runner, (b, c, f, hh, ww), None, texts([min(i, total - 1) for i in range(f)]), nf,
                          guidance, "ddim", 0.0, generator, False)
-    eps = randn((b, c, la + nf, hh, ww), generator, pipe.device)
+    eps = randn((b, c, la + nf, hh, ww), generator, runner.device)
     src = [0] * la + [max(0, k - warm) for k in range(nf)]
     queue = base[:, :, src] + lev_all[None, None, :, None, None] * eps
-    gscale = torch.as_tensor(guidance, dtype=torch.float32, device=pipe.device)
+    gscale = torch.as_tensor(guidance, dtype=torch.float32, device=runner.device)
     if gscale.ndim:
         raise ValueError("fifo mode takes one guidance scale, not a (first, last) ramp")
-    model = _guided(pipe, gscale, ctx.shape[0] == 2, {})
+    model = _guided(runner, gscale, ctx.shape[0] == 2, {})
     starts = list(range(0, la + nf - f + 1, f // 2)) if lookahead else list(range(0, nf, f))
     keep = f // 2 if lookahead else 0                                # with lookahead only the noisier half is written
     out = []
@@ -278,12 +286,12 @@ def sample_fifo(pipe, shape, ctx, guidance, generator, progress, window: int, pa
             for s in reversed(starts):                               # tail first: each window reads un-updated slots
                 e = s + f
                 x, sl = queue[:, :, s:e], lev_all[s:e][None].expand(b, -1)
-                x0 = Denoiser(lambda x_t, t, idx=frame[s:e]: model(x_t, t, texts(idx)), pipe.schedule)(x, sl)
+                x0 = Denoiser(lambda x_t, t, idx=frame[s:e]: model(x_t, t, texts(idx)), runner.schedule)(x, sl)
                 ratio = per_frame(land_all[s:e][None].expand(b, -1) / sl, x0)
                 queue[:, :, s + keep:e] = (x0 + ratio * (x - x0))[:, :, keep:]
             if it >= warm:
-                out.append(pipe._decode(queue[:, :, la:la + 1] * plan.output_scale)[0])
-            tail = randn((b, c, 1, hh, ww), generator, pipe.device) * plan.init_sigma
+                out.append(runner.decode(queue[:, :, la:la + 1] * plan.output_scale)[0])
+            tail = randn((b, c, 1, hh, ww), generator, runner.device) * plan.init_sigma
             queue = torch.cat([queue[:, :, 1:], tail], dim=2)
             bar.update(1)
     bar.close()

@@ -23,7 +23,7 @@ from einops import rearrange
 from vidiff.models.codec import PixelCodec, VaeCodec
 from vidiff.devices import randn, resolve_device, resolve_dtype
 from vidiff.data.io import as_frames, fit_frame, read_video, write_video
-from vidiff.diffusion.plans import sample_fifo, sample_plan, sample_window
+from vidiff.diffusion.plans import Runner, sample_fifo, sample_plan, sample_window
 from vidiff.loaders.lora import PipelineLoras
 from vidiff.pipelines.offload import PipelineMemory
 from vidiff.pipelines.requests import RequestChecks
@@ -95,6 +95,22 @@ def _check_strength(strength) -> None:
 
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "shapes-64"   # shipped, trained by vidiff's recipe
+
+
+def noise_layout(unet_config):
+    """How a sampler draws its step noise: as diffusers' pipeline for this family lays it out.
+
+    TextToVideoSDPipeline steps its scheduler on `(b f) c h w`, so ModelScope models draw noise
+    frame-major; everything else draws it in `b c f h w` order.
+    """
+    if unet_config.temporal_family != "modelscope" or not unet_config.temporal:
+        return None
+
+    def frame_major(x, generator):
+        b, c, f, h, w = x.shape
+        flat = randn((b * f, c, h, w), generator, x.device, x.dtype)
+        return rearrange(flat, "(b f) c h w -> b c f h w", b=b)
+    return frame_major
 
 
 def travel(text_encoder, prompt, num_frames: int) -> torch.Tensor:
@@ -280,20 +296,21 @@ class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
             first_frame_first = False
             init, latents, start = self._encode_video(init_video, shape, strength, num_inference_steps, sampler, g)
         ctx = self._text(prompt, negative_prompt, guidance_scale, f)
+        runner = self.runner()
         run = dict(ctx=ctx, steps=num_inference_steps, guidance=guidance_scale, sampler=sampler, eta=eta,
                    generator=g, progress=progress, init=init, start=start)
         if first_frame_first and f > 1 and not given:
             first = {**run, "ctx": ctx[:, :1]} if ctx.ndim == 4 else run
-            given = {0: self._decode(sample_window(self, (*shape[:2], 1, *shape[3:]), None, **first))[0]}
+            given = {0: self._decode(sample_window(runner, (*shape[:2], 1, *shape[3:]), None, **first))[0]}
         known = self._encode_given(given or {}, f, h, w, b)
         seams = None
         if mode == "fifo":
-            frames = sample_fifo(self, shape, ctx, guidance_scale, g, progress, window=chunk, partitions=partitions,
+            frames = sample_fifo(runner, shape, ctx, guidance_scale, g, progress, window=chunk, partitions=partitions,
                                  lookahead=lookahead)
         elif start == num_inference_steps:           # strength 0: the input, through the codec
             out = init
         else:
-            out, seams = sample_plan(self, mode, shape, known, run, chunk=chunk, context=context, stride=stride,
+            out, seams = sample_plan(runner, mode, shape, known, run, chunk=chunk, context=context, stride=stride,
                                      weighting=weighting, noise_type=noise_type, noise=latents)
         if output_type == "latent" and mode != "fifo":
             return out
@@ -312,6 +329,18 @@ class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
             return Video(frames, fps, settings, None)
         videos = [Video(self._decode(out[i:i + 1]), fps, dict(settings), seams) for i in range(b)]
         return videos[0] if b == 1 else videos
+
+    def runner(self) -> Runner:
+        """The model as the sampling plans see it: a function in float32 out, the schedule, the device, and the
+        few facts about the model a plan needs."""
+        unet, dtype = self.unet, self.dtype
+
+        def model(x_t, t, ctx, cond=None, cond_mask=None):
+            kw = {} if cond is None else {"cond": cond.to(dtype), "cond_mask": cond_mask}
+            return unet(x_t.to(dtype), t, ctx, **kw).float()
+        return Runner(model, self.schedule, self.device, bool(unet.config.frame_conditioning),
+                      int(self.defaults.get("min_frames", 1)), noise_layout(unet.config), unet.temporal_windows,
+                      self._decode)
 
     def recipe(self) -> dict:
         """What loads this pipeline again: model (path or hub id@revision), motion adapter, variant, dtype, the
