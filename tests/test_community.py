@@ -11,7 +11,8 @@ from vidiff.loaders.convert import (adapter_overrides, config_from_motion_unet, 
                             read_motion_adapter)
 from vidiff.models.inflate import config_from_diffusers
 from vidiff.pipelines.pipeline import VideoPipeline
-from vidiff.models.unet import UNet, UNetConfig, load_weights
+from vidiff.models.unet import UNet, UNetConfig
+from vidiff.models.unet import load_weights
 
 diffusers = pytest.importorskip("diffusers")
 warnings.filterwarnings("ignore", category=FutureWarning)

@@ -330,7 +330,7 @@ def test_lora_training_changes_only_lora_and_exports_for_diffusers(ad, tmp_path)
 @pytest.mark.slow
 def test_lora_resume_after_sigkill_is_bit_exact(tmp_path):
     from vidiff.data.shapes import make_shapes_dataset
-    from vidiff.training.train import latest_checkpoint
+    from vidiff.training.checkpoints import latest_checkpoint
 
     data = make_shapes_dataset(tmp_path / "data", clips=6, size=32, num_frames=8, progress=False)
     model = testing.tiny_model(tmp_path / "base")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from vidiff import testing
-from vidiff.pipelines.pipeline import VideoPipeline, travel
+from vidiff.pipelines.inputs import travel
+from vidiff.pipelines.pipeline import VideoPipeline
 
 diffusers = pytest.importorskip("diffusers")
 warnings.filterwarnings("ignore", category=FutureWarning)

@@ -21,7 +21,8 @@ from vidiff.devices import free_memory, randn, resolve_device, resolve_dtype
 from vidiff.pipelines.pipeline import VideoPipeline
 from vidiff.diffusion.samplers import _randn
 from vidiff.loaders.singlefile import diffusers_to_ldm
-from vidiff.training.train import _update_ema, make_ema
+from vidiff.training.checkpoints import make_ema
+from vidiff.training.checkpoints import update_ema as _update_ema
 
 PROMPT, NEG = "a red circle moving left", "blue"
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,10 +262,11 @@ def test_single_file_without_config_infers_the_layout(folders, tmp_path, monkeyp
     lay_out_hub_repo(cache, "openai/clip-vit-large-patch14", folders / "sd" / "tokenizer")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from vidiff.loaders.hub import tokenizer_folder
     from vidiff.loaders.singlefile import convert_checkpoint
 
     file = ldm_file(folders / "sd", tmp_path / "model.safetensors")
-    out = convert_checkpoint(file, tmp_path / "inferred")            # no config: layouts from the keys
+    out = convert_checkpoint(file, tmp_path / "inferred", tokenizer=tokenizer_folder)   # no config: from the keys
     for part, weights in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model")):
         want = load_file(str(folders / "sd" / part / f"{weights}.safetensors"))
         have = load_file(str(out / part / f"{weights}.safetensors"))

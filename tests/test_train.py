@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from vidiff.training.config import load_config
 from vidiff.data.clips import ClipDataset
 from vidiff.data.shapes import make_shapes_dataset
-from vidiff.training.train import Objective, build_models, check, draw, latest_checkpoint, train
+from vidiff.training.checkpoints import latest_checkpoint
+from vidiff.training.train import Objective, build_models, check, draw, train
 from vidiff.testing import free_port, kill_when
 from vidiff.models.unet import UNet, is_temporal_key
 

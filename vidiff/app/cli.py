@@ -84,7 +84,5 @@ def main(argv: list[str] | None = None) -> int:
     return status or 0
 
 
-if __name__ == "__main__":        # python -m vidiff.app.cli (accelerate launch, torchrun): run the imported module,
-    from vidiff.app.cli import main as _main    # so that vidiff.app.bench_cli and this file share one UsageError
-
-    sys.exit(_main())
+if __name__ == "__main__":        # python -m vidiff.app.cli (accelerate launch, torchrun)
+    sys.exit(main())

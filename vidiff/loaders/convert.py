@@ -20,7 +20,8 @@ import torch
 
 from vidiff.models.inflate import config_from_diffusers, image_unet_parts, load_image_unet
 from vidiff.models.weights import read_safetensors
-from vidiff.models.unet import CONFIG_NAME, WEIGHTS_NAME, UNet, UNetConfig, _atomic, load_weights
+from vidiff.models.unet import CONFIG_NAME, WEIGHTS_NAME, UNet, UNetConfig, _atomic
+from vidiff.models.unet import load_weights
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 MOTION_DOWN = {"CrossAttnDownBlockMotion": "CrossAttnDownBlock2D", "DownBlockMotion": "DownBlock2D"}

@@ -111,6 +111,19 @@ def resolve_file(source, kind: str = "LoRA", revision: str | None = None) -> Pat
     return path
 
 
+TOKENIZERS = {False: ("openai/clip-vit-large-patch14", ""), True: ("stabilityai/stable-diffusion-2-1", "tokenizer")}
+
+
+def tokenizer_folder(sd2: bool) -> Path:
+    repo, sub = TOKENIZERS[sd2]
+    try:
+        snap = download(repo, kind="tokenizer")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"a single-file checkpoint carries no tokenizer, and {e}; pass config=DIR "
+                                "(CLI: vidiff convert FILE --config DIR), a diffusers Stable Diffusion folder") from None
+    return snap / sub if sub else snap
+
+
 def converted_folder(file: Path, config: str | os.PathLike | None = None) -> Path:
     """The diffusers folder of single-file checkpoint `file`, converted once into the vidiff cache."""
     from vidiff.data.io import write_folder_atomically
@@ -121,5 +134,5 @@ def converted_folder(file: Path, config: str | os.PathLike | None = None) -> Pat
     out = vidiff_cache() / "single-file" / f"{file.stem}-{key}"
     if not (out / "model_index.json").exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_folder_atomically(out, lambda tmp: convert_checkpoint(file, tmp, config=config))
+        write_folder_atomically(out, lambda tmp: convert_checkpoint(file, tmp, config=config, tokenizer=tokenizer_folder))
     return out

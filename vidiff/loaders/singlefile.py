@@ -215,26 +215,13 @@ def inferred_configs(parts: dict) -> dict:
     return {"unet": unet, "vae": vae, "text_encoder": text}
 
 
-TOKENIZERS = {False: ("openai/clip-vit-large-patch14", ""), True: ("stabilityai/stable-diffusion-2-1", "tokenizer")}
-
-
-def _tokenizer_folder(sd2: bool) -> Path:
-    from vidiff.loaders.hub import download
-
-    repo, sub = TOKENIZERS[sd2]
-    try:
-        snap = download(repo, kind="tokenizer")
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"a single-file checkpoint carries no tokenizer, and {e}; pass config=DIR "
-                                "(CLI: vidiff convert FILE --config DIR), a diffusers Stable Diffusion folder") from None
-    return snap / sub if sub else snap
-
-
-def convert_checkpoint(file: str | os.PathLike, out: str | os.PathLike, config: str | os.PathLike | None = None) -> Path:
+def convert_checkpoint(file: str | os.PathLike, out: str | os.PathLike, config: str | os.PathLike | None = None,
+                       tokenizer=None) -> Path:
     """Write single-file checkpoint `file` as a diffusers `StableDiffusionPipeline` folder at `out`.
 
     Configs, tokenizer and scheduler come from `config` (a diffusers SD folder) when given, else from the keys
-    (`inferred_configs`), the hub cache (tokenizer) and SD's own PNDM settings (v-prediction for SD 2.x).
+    (`inferred_configs`), `tokenizer(sd2)` (a function giving the tokenizer folder: the caller's hub lookup) and SD's
+    own PNDM settings (v-prediction for SD 2.x).
     """
     import shutil
 
@@ -244,14 +231,14 @@ def convert_checkpoint(file: str | os.PathLike, out: str | os.PathLike, config: 
     configs = inferred_configs(parts)
     sd2 = configs["unet"]["use_linear_projection"]
     scheduler = {**SD_SCHEDULER, "prediction_type": "v_prediction" if sd2 else "epsilon"}
-    tokenizer = None
     if config is not None:
         config = Path(config)
         for name in configs:
             configs[name] = json.loads((config / name / "config.json").read_text())
         scheduler = json.loads((config / "scheduler" / "scheduler_config.json").read_text())
-        tokenizer = config / "tokenizer"
-    tokenizer = tokenizer or _tokenizer_folder(sd2)
+    if tokenizer is None and config is None:
+        raise ValueError("a single-file checkpoint carries no tokenizer; pass config=DIR, a diffusers SD folder")
+    tokenizer = config / "tokenizer" if config is not None else tokenizer(sd2)
     out = Path(out)
     files = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
              "text_encoder": "model.safetensors"}

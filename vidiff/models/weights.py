@@ -1,4 +1,5 @@
-"""Weight files of a diffusers-layout component folder: which variant to read, and the state dict (safetensors only)."""
+"""Weight files of a diffusers-layout folder: which variant to read and its state dict (safetensors only).
+`load_weights` (in unet.py) then builds a UNet on the meta device that takes those tensors as its own."""
 
 from __future__ import annotations
 

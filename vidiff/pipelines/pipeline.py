@@ -22,9 +22,10 @@ from einops import rearrange
 
 from vidiff.models.codec import PixelCodec, VaeCodec
 from vidiff.devices import randn, resolve_device, resolve_dtype
-from vidiff.data.io import as_frames, fit_frame, read_video, write_video
+from vidiff.data.io import fit_frame, read_video, write_video
 from vidiff.diffusion.plans import Runner, sample_fifo, sample_plan, sample_window
 from vidiff.loaders.lora import PipelineLoras
+from vidiff.pipelines.inputs import PipelineInputs, check_strength, load_frames
 from vidiff.pipelines.offload import PipelineMemory
 from vidiff.pipelines.requests import RequestChecks
 from vidiff.diffusion.schedule import NoiseSchedule
@@ -53,27 +54,6 @@ class Video:
         return len(self.frames)
 
 
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """`f h w 3` uint8 -> `1 3 f h w` float in [-1, 1]."""
-    x = torch.from_numpy(np.require(as_frames(frames), requirements=["C", "W"])).float() / 127.5 - 1
-    return rearrange(x, "f h w c -> 1 c f h w")
-
-
-def to_frames(video: torch.Tensor) -> np.ndarray:
-    """`1 3 f h w` in [-1, 1] -> `f h w 3` uint8."""
-    x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return rearrange(x, "c f h w -> f h w c").cpu().numpy()
-
-
-def load_frames(source) -> np.ndarray:
-    """An image or video given as path, PIL image, numpy array or Video -> `f h w 3` uint8."""
-    if isinstance(source, (str, os.PathLike)):
-        return read_video(source)[0]
-    if hasattr(source, "convert") and hasattr(source, "size"):      # PIL image
-        return np.asarray(source.convert("RGB"))[None]
-    return as_frames(source)
-
-
 def jump_warning(frames: np.ndarray, factor: float = 8.0) -> None:
     """Warn when frame 1 breaks from the given frame 0 far more than later frames change: the image is outside
     what the model learned, and it replaced the image's look instead of animating it."""
@@ -87,11 +67,6 @@ def jump_warning(frames: np.ndarray, factor: float = 8.0) -> None:
         warnings.warn(f"frame 1 differs from the given image {steps[0] / max(rest, 1.0):.0f}x more than later frames "
                       f"differ from each other: the image is far from what this model learned, and its look is not "
                       f"kept past frame 0")
-
-
-def _check_strength(strength) -> None:
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
-        raise ValueError(f"strength must be a number in [0, 1] (0 keeps the input, 1 redraws it), got {strength!r}")
 
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "shapes-64"   # shipped, trained by vidiff's recipe
@@ -113,34 +88,7 @@ def noise_layout(unet_config):
     return frame_major
 
 
-def travel(text_encoder, prompt, num_frames: int) -> torch.Tensor:
-    """Per-frame text states `(f, n, d)` for `prompt` = text or {frame: text} (prompt travel).
-
-    Key frames get their prompt's states; frames between two keys get the linear blend, and the last
-    key holds to the end, as diffusers interpolates dict prompts (`AnimateDiffFreeNoiseMixin`).
-    """
-    if isinstance(prompt, str):
-        return text_encoder([prompt])[0].expand(num_frames, -1, -1)
-    if not isinstance(prompt, dict) or not prompt:
-        raise ValueError(f"prompt must be a text or a non-empty {{frame: text}} dict, got {type(prompt).__name__}")
-    bad = [k for k, v in prompt.items() if not isinstance(k, int) or isinstance(k, bool) or not isinstance(v, str)]
-    if bad:
-        raise ValueError(f"prompt travel needs {{frame: text}} with integer frames, got key {bad[0]!r}")
-    keys = sorted(prompt)
-    if keys[0] != 0 or keys[-1] >= num_frames:
-        raise ValueError(f"prompt travel frames must start at 0 and stay below num_frames={num_frames}, got {keys}")
-    states = text_encoder([prompt[k] for k in keys])
-    out = states[-1:].expand(num_frames, -1, -1).clone()
-    if keys[-1] != num_frames - 1:                    # the last prompt holds to the last frame
-        keys, states = keys + [num_frames - 1], torch.cat([states, states[-1:]])
-    for i in range(len(keys) - 1):
-        a, b = keys[i], keys[i + 1]
-        w = torch.linspace(0, 1, b - a + 1, dtype=states.dtype, device=states.device)[:, None, None]
-        out[a:b + 1] = (1 - w) * states[i] + w * states[i + 1]
-    return out
-
-
-class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
+class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory):
     """UNet + text encoder + noise schedule + codec, with the generation modes as methods."""
 
     def __init__(self, unet: UNet, text_encoder: TextEncoder, schedule: NoiseSchedule, codec=None,
@@ -314,21 +262,26 @@ class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
                                      weighting=weighting, noise_type=noise_type, noise=latents)
         if output_type == "latent" and mode != "fifo":
             return out
-        import vidiff
-
-        settings = {"prompt": prompt, "negative_prompt": negative_prompt, "num_frames": f, "height": h, "width": w,
-                    "num_inference_steps": num_inference_steps, "sampler": sampler, "eta": eta, "seed": seed,
-                    "guidance_scale": guidance_scale if isinstance(guidance_scale, (int, float)) else list(guidance_scale),
-                    "mode": mode, "chunk": chunk, "context": context, "fps": fps,
-                    **({"stride": stride, "weighting": weighting, "noise_type": noise_type} if mode == "windows" else {}),
-                    "first_frame_first": bool(first_frame_first), "given_frames": sorted(given or {}),
-                    "vidiff": getattr(vidiff, "__version__", None),
-                    "seams": seams, **({"strength": strength} if init is not None else {}), **self.recipe()}
+        settings = self._settings(locals(), init is not None, seams)
         if mode == "fifo":
             settings.update(partitions=partitions, lookahead=lookahead, num_inference_steps=partitions * chunk)
             return Video(frames, fps, settings, None)
         videos = [Video(self._decode(out[i:i + 1]), fps, dict(settings), seams) for i in range(b)]
         return videos[0] if b == 1 else videos
+
+    def _settings(self, call: dict, edited: bool, seams) -> dict:
+        """What made a video (the call's arguments as used, the seed, what loads the pipeline): saved in the file."""
+        import vidiff
+
+        g = call["guidance_scale"]
+        keys = ("prompt", "negative_prompt", "num_inference_steps", "sampler", "eta", "seed", "mode", "chunk",
+                "context", "fps")
+        return {**{k: call[k] for k in keys}, "num_frames": call["f"], "height": call["h"], "width": call["w"],
+                "guidance_scale": g if isinstance(g, (int, float)) else list(g),
+                **({k: call[k] for k in ("stride", "weighting", "noise_type")} if call["mode"] == "windows" else {}),
+                "first_frame_first": bool(call["first_frame_first"]), "given_frames": sorted(call["given"] or {}),
+                "vidiff": getattr(vidiff, "__version__", None), "seams": seams,
+                **({"strength": call["strength"]} if edited else {}), **self.recipe()}
 
     def runner(self) -> Runner:
         """The model as the sampling plans see it: a function in float32 out, the schedule, the device, and the
@@ -394,7 +347,7 @@ class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
         """
         import warnings
 
-        _check_strength(strength)
+        check_strength(strength)
         if isinstance(video, (str, os.PathLike)):
             frames, fps = read_video(video)
         else:
@@ -428,51 +381,3 @@ class VideoPipeline(RequestChecks, PipelineLoras, PipelineMemory):
         return out
 
     # ---- internals ---------------------------------------------------------------------------
-    def _text(self, prompt, negative_prompt, guidance_scale, num_frames: int = 1):
-        cfg = bool(torch.as_tensor(guidance_scale, dtype=torch.float32).gt(1).any())   # as diffusers: CFG when > 1
-        if isinstance(prompt, dict) or isinstance(negative_prompt, dict):             # prompt travel: a text per frame
-            parts = ([negative_prompt or ""] if cfg else []) + [prompt]
-            return torch.stack([travel(self.text_encoder, p, num_frames) for p in parts]).to(self.device, self.dtype)
-        prompts = ([negative_prompt or ""] if cfg else []) + [prompt]
-        return self.text_encoder(prompts).to(self.device, self.dtype)
-
-    def _encode_given(self, given: dict, f: int, h: int, w: int, b: int = 1):
-        if not given:
-            return None
-        r = self.codec.factor
-        lat = torch.zeros(b, self.codec.channels, f, h // r, w // r, device=self.device)
-        mask = torch.zeros(b, f)                            # host-side: it decides, per frame, what is sampled
-        for i, img in given.items():
-            img = as_frames(img)[0]
-            if not 0 <= i < f:
-                raise ValueError(f"given frame index {i} is outside 0..{f - 1}")
-            if img.shape[:2] != (h, w):
-                raise ValueError(f"given frame {i} is {img.shape[1]}x{img.shape[0]}, the video is {w}x{h}")
-            lat[:, :, i:i + 1] = self.codec.encode(to_tensor(img[None]).to(self.device))
-            mask[:, i] = 1
-        return lat, mask
-
-    def _encode_video(self, frames: np.ndarray, shape, strength: float, steps: int, sampler: str, g):
-        """(clean latents, noise, first step) of video-to-video, drawn as diffusers' video-to-video draws them:
-        the VAE posterior sample first, then noise laid out `b f c h w`."""
-        _check_strength(strength)
-        b, c, f, hh, ww = shape
-        frames = as_frames(frames)
-        if frames.shape[:3] != (f, hh * self.codec.factor, ww * self.codec.factor):
-            raise ValueError(f"the input video is {frames.shape[2]}x{frames.shape[1]} x {frames.shape[0]} frames, "
-                             f"the request {ww * self.codec.factor}x{hh * self.codec.factor} x {f}")
-        video = to_tensor(frames).to(self.device).repeat(b, 1, 1, 1, 1)
-        if isinstance(self.codec, VaeCodec):
-            init = self.codec.encode_sample(video, g)
-        else:
-            init = self.codec.encode(video).float()
-        noise = rearrange(randn((b, f, c, hh, ww), g), "b f c h w -> b c f h w")
-        start = steps - min(int(steps * strength), steps)            # diffusers' get_timesteps
-        return init, noise, start
-
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        # 16 frames at a time straight to uint8: decoding never holds the whole video in float
-        chunk = getattr(self, "_chunk", None)
-        kw = {"chunk": chunk} if chunk and isinstance(self.codec, VaeCodec) else {}
-        return np.concatenate([to_frames(self.codec.decode(latents[:, :, i:i + 16].float(), **kw))
-                               for i in range(0, latents.shape[2], 16)])

@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -36,6 +35,8 @@ from vidiff.models.inflate import inflate, load_image_unet
 from vidiff.diffusion.schedule import NoiseSchedule, per_frame
 from vidiff.models.text import TextEncoder
 from vidiff.models.unet import UNet, is_temporal_key
+from vidiff.training.checkpoints import (make_ema, resume, save_checkpoint, save_tensors,
+                                         truncate_log, update_ema)
 
 STAGES = ("image", "video")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -139,20 +140,6 @@ def _check_size(cfg: Config, codec_factor: int, unet_factor: int) -> None:
         if v < m or v % m:
             raise ValueError(f"data.{name}={v} must be a multiple of {m} pixels (codec factor {codec_factor} "
                              f"x UNet downsampling {unet_factor}); e.g. {max(m, v // m * m)}")
-
-
-def _truncate_log(log_file: Path, step: int) -> None:
-    """Keep only the log lines of steps <= `step` (atomically)."""
-    keep = []
-    for line in log_file.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue                            # a line cut off by a kill
-    tmp = log_file.with_name(log_file.name + ".tmp")
-    tmp.write_text("".join(x + "\n" for x in keep))
-    os.replace(tmp, log_file)
 
 
 def check(cfg: Config) -> None:
@@ -279,108 +266,6 @@ def draw(x0: torch.Tensor, cfg: Config, schedule: NoiseSchedule, g: torch.Genera
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _save_tensors(tensors: dict, path: Path, meta: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
-              metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
-
-
-def optimizer_tensors(optimizer) -> tuple[dict, dict]:
-    """An optimizer's state as (flat tensors, JSON-able rest), so it is saved without pickle."""
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for idx, state in sd["state"].items():
-        for name, v in state.items():
-            if torch.is_tensor(v):
-                tensors[f"{idx}.{name}"] = v
-            else:
-                scalars[f"{idx}.{name}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def load_optimizer(optimizer, tensors: dict, rest: dict) -> None:
-    """Inverse of `optimizer_tensors`."""
-    state: dict = {}
-    for key, v in list(tensors.items()) + list(rest["scalars"].items()):
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint under `folder` (one with state.json), or None."""
-    done = [p for p in folder.glob("checkpoint-*") if (p / "state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def save_checkpoint(folder: Path, step: int, unet, ema, optimizer, g, accelerator, state: dict, keep: int):
-    """Write checkpoint-STEP atomically: every file into a temp folder, then one rename."""
-    final, tmp = folder / f"checkpoint-{step:08d}", folder / f".checkpoint-{step:08d}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    _save_tensors({"generator": g.get_state(), "torch": torch.get_rng_state()},
-                  tmp / f"rng-{accelerator.process_index}.safetensors")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _save_tensors(unet.state_dict(), tmp / "model.safetensors")
-        _save_tensors(ema, tmp / "ema.safetensors")
-        tensors, rest = optimizer_tensors(optimizer)
-        _save_tensors(tensors, tmp / "optimizer.safetensors")
-        (tmp / "optimizer.json").write_text(json.dumps(rest))
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))   # last: marks complete
-        for name in ("optimizer.json", "state.json"):
-            with open(tmp / name, "rb+") as fh:
-                os.fsync(fh.fileno())
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _fsync_dir(folder)
-        old = sorted((p for p in folder.glob("checkpoint-*") if p != final), key=lambda p: p.name)
-        for p in old[:max(0, len(old) - (keep - 1))]:
-            shutil.rmtree(p, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def load_checkpoint(path: Path, unet, ema, optimizer, g, rank: int) -> dict:
-    """Restore model, EMA, optimizer and this rank's RNG from checkpoint folder `path`."""
-    from safetensors.torch import load_file
-
-    state = json.loads((path / "state.json").read_text())
-    try:
-        unet.load_state_dict(load_file(str(path / "model.safetensors")))
-        saved_ema = load_file(str(path / "ema.safetensors"))
-        if saved_ema.keys() != ema.keys():
-            raise RuntimeError("the EMA holds other parameters (freeze_spatial changed?)")
-        for k, v in saved_ema.items():
-            ema[k].copy_(v)
-        load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")),
-                       json.loads((path / "optimizer.json").read_text()))
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ValueError(f"cannot resume from {path}: it does not fit this config "
-                         f"({str(e).strip().splitlines()[0][:200]}); use a new train.output_dir") from None
-    rng_file = path / f"rng-{rank}.safetensors"
-    if rng_file.exists():
-        rng = load_file(str(rng_file))
-        g.set_state(rng["generator"])
-        torch.set_rng_state(rng["torch"])
-    else:     # more processes than the run that wrote it: a fresh, still deterministic stream
-        g.manual_seed(1_000_003 * state["step"] + rank)
-    return state
-
-
-# ---- the loop --------------------------------------------------------------------------------------
 def lr_at(step: int, cfg) -> float:
     """Learning rate at optimizer step `step`: linear warmup, then constant or cosine to 10%."""
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
@@ -454,7 +339,7 @@ def _save_lora(net, ema: dict, path: Path, cfg: Config) -> None:
             "alpha": cfg.train.lora.get("alpha") or cfg.train.lora.get("rank", 8),
             "targets": cfg.train.lora.get("targets", "all"), "steps": cfg.train.steps}
     tmp = path.with_name(f".{path.name}.tmp")
-    _save_tensors(export_state(net, "unet", values=ema), tmp, {"vidiff_lora": meta})
+    save_tensors(export_state(net, "unet", values=ema), tmp, {"vidiff_lora": meta})
     os.replace(tmp, path)
 
 
@@ -476,23 +361,6 @@ def _accelerator(t):
     return accelerator
 
 
-@torch.no_grad()
-def make_ema(trainable: list) -> dict:
-    """Float32 copies of the trainable weights, each on its own parameter's device."""
-    return {n: p.detach().clone().float() for n, p in trainable}
-
-
-@torch.no_grad()
-def _update_ema(ema: dict, trainable: list, decay: float, step: int) -> None:
-    """EMA of the trainable weights after `step` optimizer steps (warmed up); a copy when decay is 0."""
-    if decay:
-        decay = min(decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(list(ema.values()), [p.detach().float() for _, p in trainable], 1 - decay)
-    else:
-        for (n, p) in trainable:
-            ema[n].copy_(p.detach())
-
-
 def _objective(t, unet: UNet, schedule: NoiseSchedule, device):
     """What a step minimises: the denoising loss, or (with `train.teacher`) distillation from the teacher."""
     if not t.teacher:
@@ -504,19 +372,22 @@ def _objective(t, unet: UNet, schedule: NoiseSchedule, device):
     return DistillObjective(unet, teacher, schedule, t.distill_steps)
 
 
-def _resume(ckpt_dir: Path, unet: UNet, ema: dict, optimizer, g: torch.Generator, accelerator) -> tuple[int, dict]:
-    """(step, state) from the latest complete checkpoint, loaded into the weights, EMA, optimizer and
-    generator; (0, a fresh state) when there is none."""
-    rank, world = accelerator.process_index, accelerator.num_processes
-    last = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
-    if last is None:
-        return 0, {"samples": 0, "image_samples": 0, "runtime_skipped": []}
-    state = load_checkpoint(last, unet, ema, optimizer, g, rank)
-    accelerator.print(f"resuming from {last} (step {state['step']})")
-    if state.get("world", world) != world:
-        accelerator.print(f"note: {last} was written by {state['world']} processes, this run has {world}; "
-                          "training goes on, but only a resume on the same count is bit-exact")
-    return state["step"], state
+def _next_batch(batches, images, cfg: Config, schedule: NoiseSchedule, g: torch.Generator, encode, device):
+    """(video batch, image batch or None, sample keys, unreadable files) of one micro-step, levels and noise drawn
+    with `g` (in the same order every run, so a resume is bit-exact)."""
+    t = cfg.train
+    x0, captions, keys, bad = next(batches)
+    tt, noise, mask, drop = draw(x0, cfg, schedule, g, t.stage == "video")
+    if t.teacher:          # distillation: a step of the student's grid per clip, not a level
+        tt = torch.randint(0, t.distill_steps, (tt.shape[0], 1), generator=g).expand_as(tt).contiguous()
+    vid = (x0, encode(captions, drop), tt.to(device), noise.to(device), mask.to(device))
+    img = None
+    if images is not None:
+        i0, icap, ikeys, ibad = next(images)
+        it, inoise, imask, idrop = draw(i0, cfg, schedule, g, False)
+        img = (i0, encode(icap, idrop), it.to(device), inoise.to(device), imask.to(device))
+        bad, keys = bad + ibad, keys + ikeys
+    return vid, img, keys, bad
 
 
 def train(cfg: Config, progress: bool = True) -> dict:
@@ -539,7 +410,6 @@ def train(cfg: Config, progress: bool = True) -> dict:
     codec.to(device)
 
     d = cfg.data
-    video_stage = t.stage == "video"
     ds = ClipDataset(d.path, num_frames=d.num_frames, frame_stride=d.frame_stride, fps=d.fps,
                      size=(d.height, d.width), crop=d.crop, short_videos=d.short_videos,
                      images=None, warn=accelerator.is_main_process)
@@ -549,7 +419,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
     objective, optimizer = accelerator.prepare(_objective(t, unet, schedule, device), optimizer)
     ema = make_ema(trainable)                 # after prepare: on the device the weights now live on
     g = torch.Generator().manual_seed(t.seed * 1000 + rank)
-    step, state = _resume(ckpt_dir, unet, ema, optimizer, g, accelerator)
+    step, state = resume(ckpt_dir, unet, ema, optimizer, g, accelerator)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
@@ -565,7 +435,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
     skipped = set(ds.skipped) | set(state["runtime_skipped"])
     log_file = out / "log.jsonl"
     if accelerator.is_main_process and log_file.exists():
-        _truncate_log(log_file, step)        # a resumed run re-logs the steps after its checkpoint
+        truncate_log(log_file, step)        # a resumed run re-logs the steps after its checkpoint
     samples_file = out / f"samples-rank{rank}.jsonl" if t.log_samples else None
     bar = tqdm(total=t.steps, initial=step, disable=not (progress and accelerator.is_main_process), desc="train")
     window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
@@ -578,17 +448,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, t)
         for micro in range(t.grad_accum):
-            x0, captions, keys, bad = next(batches)
-            tt, noise, mask, drop = draw(x0, cfg, schedule, g, video_stage)
-            if t.teacher:          # distillation: a step of the student's grid per clip, not a level
-                tt = torch.randint(0, t.distill_steps, (tt.shape[0], 1), generator=g).expand_as(tt).contiguous()
-            vid = (x0, encode(captions, drop), tt.to(device), noise.to(device), mask.to(device))
-            img = None
-            if images is not None:
-                i0, icap, ikeys, ibad = next(images)
-                it, inoise, imask, idrop = draw(i0, cfg, schedule, g, False)
-                img = (i0, encode(icap, idrop), it.to(device), inoise.to(device), imask.to(device))
-                bad, keys = bad + ibad, keys + ikeys
+            vid, img, keys, bad = _next_batch(batches, images, cfg, schedule, g, encode, device)
             skipped.update(bad)
             sync = micro == t.grad_accum - 1
             with accelerator.no_sync(objective) if not sync and world > 1 else contextlib.nullcontext():
@@ -605,7 +465,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
         step += 1
         state["samples"] += per_step
         state["image_samples"] = state.get("image_samples", 0) + t.image_batch_size * t.grad_accum * world
-        _update_ema(ema, trainable, t.ema_decay, step)
+        update_ema(ema, trainable, t.ema_decay, step)
         bar.update(1)
 
         if step % t.log_every == 0 or step == t.steps:
