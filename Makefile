@@ -22,7 +22,11 @@ browser:
 	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	    || echo "make: chromium is not installed and this is not root: the browser test will be skipped (CI fails it)"; }
 
-test: $(VENV)/.installed browser
+# The layer contracts of docs/design.md (import-linter, [tool.importlinter] in pyproject.toml).
+lint: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
+
+test: $(VENV)/.installed browser lint
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed
@@ -39,4 +43,4 @@ gpu-check: $(VENV)/.installed
 	  { echo "gpu-check: no CUDA device here (torch.cuda.is_available() is False); skipped"; exit 0; }; \
 	$(PY) -m pytest -q tests/test_gpu.py && $(PY) benchmarks/gpu_speed.py --json gpu-check.json
 
-.PHONY: install demo test test-fast bench browser gpu-check
+.PHONY: install demo test test-fast bench browser gpu-check lint

@@ -22,7 +22,7 @@ import numpy as np
 from . import metrics as M
 from vidiff.data.io import as_frames, read_video
 
-SCHEMA_ID = "vidiff.evaluation.bench.consistency/1"
+SCHEMA_ID = "vidiff.bench.consistency/1"
 
 _METRIC = {
     "type": "object",
