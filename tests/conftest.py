@@ -19,3 +19,12 @@ def tiny_model_config(**overrides) -> dict:
     """The `model:` section of configs/tiny.yaml with overrides."""
     cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())["model"]
     return {**cfg, **overrides}
+
+
+def run_cli(capsys, *args):
+    """Run the CLI in-process: (exit status, stdout, stderr lines without progress bars)."""
+    from vidiff.app.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, [line for line in err.splitlines() if line.strip() and "%|" not in line]

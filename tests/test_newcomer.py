@@ -2,7 +2,6 @@
 settings, the web UI's first form, long-video messages, FIFO's cost, precision notes."""
 
 import json
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -11,20 +10,16 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from vidiff import testing
-from vidiff.app.cli import main
+from conftest import run_cli
 from vidiff.data.io import read_settings, read_video
 from vidiff.pipelines.pipeline import VideoPipeline
 
 PROMPT = "a red circle moving left"
 
 
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, [line for line in err.splitlines() if line.strip() and "%|" not in line]
+cli = run_cli
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +29,7 @@ def folders(tmp_path_factory):
     testing.tiny_sd_folder(root / "sd")
     testing.tiny_modelscope_folder(root / "modelscope")
     testing.tiny_model(root / "vidiff")
-    pipe = VideoPipeline.from_pretrained(root / "animatediff")
-    lora = {}
-    for n, m in pipe.unet.named_modules():
-        if re.search(r"attentions\.0\.transformer_blocks\.0\.attn1\.to_q$", n):
-            lora[f"unet.{n}.lora_A.weight"] = torch.randn(2, m.in_features) * 0.3
-            lora[f"unet.{n}.lora_B.weight"] = torch.randn(m.out_features, 2) * 0.3
-    save_file(lora, str(root / "style.safetensors"))
-    Path(root / "first.png").parent.mkdir(exist_ok=True)
+    testing.tiny_lora_file(VideoPipeline.from_pretrained(root / "animatediff").unet, root / "style.safetensors")
     from PIL import Image
 
     Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(root / "first.png")

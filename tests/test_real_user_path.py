@@ -2,7 +2,6 @@
 test lays out, single-file SD checkpoints, fp16 variants, the schedulers SD folders ship, offload, loading memory."""
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vidiff import testing
-from vidiff.app.cli import main
+from conftest import run_cli
 from vidiff.devices import free_memory, randn, resolve_device, resolve_dtype
 from vidiff.pipelines.pipeline import VideoPipeline
 from vidiff.diffusion.samplers import _randn
@@ -32,10 +31,7 @@ def rel(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
 
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, [line for line in err.splitlines() if line.strip() and "%|" not in line]
+cli = run_cli
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +48,7 @@ def test_noise_is_drawn_on_the_generators_device_then_moved():
     shape = (1, 4, 3, 8, 8)
     g, ref_g = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     out = randn(shape, g, device="meta")
-    ref = torch.randn(shape, generator=ref_g)
+    torch.randn(shape, generator=ref_g)                         # the same draw, on the CPU
     assert out.device.type == "meta"
     assert torch.equal(g.get_state(), ref_g.get_state())      # the CPU generator drew it (meta would draw nothing)
     x = torch.empty(shape, device="meta")
@@ -184,14 +180,8 @@ def hub(folders, tmp_path, monkeypatch):
     lay_out_hub_repo(cache, "tiny-org/animatediff", folders / "animatediff")
     lay_out_hub_repo(cache, "tiny-org/sd", folders / "sd")
     lay_out_hub_repo(cache, "tiny-org/adapter", folders / "animatediff" / "motion_adapter")
-    pipe = VideoPipeline.from_pretrained(folders / "animatediff")
-    lora = {}
-    for n, m in pipe.unet.named_modules():
-        if re.search(r"attentions\.0\.transformer_blocks\.0\.attn1\.to_q$", n):
-            lora[f"unet.{n}.lora_A.weight"] = torch.randn(2, m.in_features) * 0.3
-            lora[f"unet.{n}.lora_B.weight"] = torch.randn(m.out_features, 2) * 0.3
     (tmp_path / "l").mkdir()
-    save_file(lora, str(tmp_path / "l" / "style.safetensors"))
+    testing.tiny_lora_file(VideoPipeline.from_pretrained(folders / "animatediff").unet, tmp_path / "l" / "style.safetensors")
     lay_out_hub_repo(cache, "tiny-org/lora", tmp_path / "l")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

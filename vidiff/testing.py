@@ -191,3 +191,19 @@ if __name__ == "__main__":
         print("usage: python -m vidiff.testing OUT_DIR   (writes a tiny random model folder)", file=sys.stderr)
         sys.exit(2)
     print(f"wrote tiny random model to {tiny_model(sys.argv[1])}")
+
+
+def tiny_lora_file(unet, path: str | os.PathLike, rank: int = 2, seed: int = 0) -> Path:
+    """Save a random LoRA (diffusers layout, `unet.` prefix) on every first spatial self-attention's to_q of `unet`."""
+    import re
+
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    for n, m in unet.named_modules():
+        if re.search(r"attentions\.0\.transformer_blocks\.0\.attn1\.to_q$", n):
+            lora[f"unet.{n}.lora_A.weight"] = torch.randn(rank, m.in_features, generator=g) * 0.3
+            lora[f"unet.{n}.lora_B.weight"] = torch.randn(m.out_features, rank, generator=g) * 0.3
+    save_file(lora, str(path))
+    return Path(path)
