@@ -343,8 +343,14 @@ def test_offload_gives_the_same_latents(folders, how):
 def test_decode_chunk_size_and_vae_tiling_keep_the_frames(folders):
     pipe = VideoPipeline.from_pretrained(folders / "animatediff")
     kw = dict(num_frames=4, height=16, width=16, num_inference_steps=2, seed=0, progress=False)
+    calls = []
+    decode = pipe.codec.vae.decode
+    pipe.codec.vae.decode = lambda z, *a, **k: (calls.append(len(z)), decode(z, *a, **k))[1]
     base = pipe(PROMPT, **kw).frames
+    assert calls == [4]                                        # the codec's 8 frames at a time: one call
+    calls.clear()
     assert np.array_equal(pipe(PROMPT, decode_chunk_size=1, **kw).frames, base)
+    assert calls == [1, 1, 1, 1]                               # one frame at a time, same frames
     with pytest.raises(ValueError, match="decode_chunk_size must be an integer >= 1"):
         pipe(PROMPT, decode_chunk_size=0, **kw)
     pipe.enable_vae_tiling()

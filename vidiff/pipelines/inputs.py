@@ -115,9 +115,8 @@ class PipelineInputs:
         start = steps - min(int(steps * strength), steps)            # diffusers' get_timesteps
         return init, noise, start
 
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+    def _decode(self, latents: torch.Tensor, chunk: int | None = None) -> np.ndarray:
         # 16 frames at a time straight to uint8: decoding never holds the whole video in float
-        chunk = getattr(self, "_chunk", None)
         kw = {"chunk": chunk} if chunk and isinstance(self.codec, VaeCodec) else {}
         return np.concatenate([to_frames(self.codec.decode(latents[:, :, i:i + 16].float(), **kw))
                                for i in range(0, latents.shape[2], 16)])

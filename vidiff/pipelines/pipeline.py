@@ -207,7 +207,6 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
             raise ValueError(f"decode_chunk_size must be an integer >= 1, got {decode_chunk_size!r}")
         self.offload_idle()
-        self._chunk = decode_chunk_size
         b = 1
         if latents is not None:
             latents = torch.as_tensor(latents)
@@ -244,7 +243,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
             first_frame_first = False
             init, latents, start = self._encode_video(init_video, shape, strength, num_inference_steps, sampler, g)
         ctx = self._text(prompt, negative_prompt, guidance_scale, f)
-        runner = self.runner()
+        runner = self.runner(decode_chunk_size)
         run = dict(ctx=ctx, steps=num_inference_steps, guidance=guidance_scale, sampler=sampler, eta=eta,
                    generator=g, progress=progress, init=init, start=start)
         if first_frame_first and f > 1 and not given:
@@ -266,7 +265,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         if mode == "fifo":
             settings.update(partitions=partitions, lookahead=lookahead, num_inference_steps=partitions * chunk)
             return Video(frames, fps, settings, None)
-        videos = [Video(self._decode(out[i:i + 1]), fps, dict(settings), seams) for i in range(b)]
+        videos = [Video(self._decode(out[i:i + 1], decode_chunk_size), fps, dict(settings), seams) for i in range(b)]
         return videos[0] if b == 1 else videos
 
     def _settings(self, call: dict, edited: bool, seams) -> dict:
@@ -283,9 +282,9 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
                 "vidiff": getattr(vidiff, "__version__", None), "seams": seams,
                 **({"strength": call["strength"]} if edited else {}), **self.recipe()}
 
-    def runner(self) -> Runner:
+    def runner(self, decode_chunk_size: int | None = None) -> Runner:
         """The model as the sampling plans see it: a function in float32 out, the schedule, the device, and the
-        few facts about the model a plan needs."""
+        few facts about the model a plan needs (decoding `decode_chunk_size` frames at a time)."""
         unet, dtype = self.unet, self.dtype
 
         def model(x_t, t, ctx, cond=None, cond_mask=None):
@@ -293,7 +292,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
             return unet(x_t.to(dtype), t, ctx, **kw).float()
         return Runner(model, self.schedule, self.device, bool(unet.config.frame_conditioning),
                       int(self.defaults.get("min_frames", 1)), noise_layout(unet.config), unet.temporal_windows,
-                      self._decode)
+                      lambda z: self._decode(z, decode_chunk_size))
 
     def recipe(self) -> dict:
         """What loads this pipeline again: model (path or hub id@revision), motion adapter, variant, dtype, the
