@@ -59,12 +59,13 @@ def download(source: str, revision: str | None = None, kind: str = "model", vari
     except LocalEntryNotFoundError:
         hint = "HF_HUB_OFFLINE=1 is set, so only the local hub cache is read" if offline else \
             "it is not in the local hub cache and could not be downloaded"
-        raise FileNotFoundError(f"{kind} {source!r}{f' (revision {revision})' if revision else ''}: {hint} "
-                                f"({cache or 'the default hub cache'})") from None
+        raise FileNotFoundError(f"{kind} {source!r}{f' (revision {revision})' if revision else ''}: no such local path, "
+                                f"and as a hub id: {hint} ({cache or 'the default hub cache'})") from None
     except Exception as e:       # repository not found, gated, network: one line naming the id
         if type(e).__name__ in ("RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError",
                                 "GatedRepoError", "HfHubHTTPError", "ConnectionError"):
-            raise FileNotFoundError(f"{kind} {source!r}: {str(e).splitlines()[0]}") from None
+            raise FileNotFoundError(f"{kind} {source!r}: no such local path, and as a hub id: "
+                                    f"{str(e).splitlines()[0]}") from None
         raise
 
 

@@ -122,14 +122,12 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
             if not (path / "model_index.json").exists():
                 raise FileNotFoundError(f"the default model is not installed at {path}; pass a model folder")
         folder, source = resolve_model(path, revision=revision, variant=variant)
-        adapter = None if motion_adapter is None else resolve_model(motion_adapter, kind="motion adapter",
-                                                                    variant=variant)[0]
+        adapter, adapter_source = (None, None) if motion_adapter is None else resolve_model(
+            motion_adapter, kind="motion adapter", variant=variant)
         unet, text, schedule, codec, defaults = load_components(folder, adapter, scheduler, variant=variant)
         device = resolve_device(device)
         pipe = cls(unet, text, schedule, codec, defaults).to(device, resolve_dtype(dtype, device))
-        pipe.source, pipe.variant = source, variant
-        pipe.adapter_source = None if motion_adapter is None else resolve_model(
-            motion_adapter, kind="motion adapter", variant=variant)[1]
+        pipe.source, pipe.variant, pipe.adapter_source = source, variant, adapter_source
         return pipe
 
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
