@@ -4,10 +4,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
+# On a GPU machine: make install TORCH_INDEX=https://download.pytorch.org/whl/cu128 (the CUDA build of the same torch)
+TORCH_INDEX ?=
+PIP_INDEX := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH)" -e ".[dev]"
+	$(PY) -m pip install -q $(PIP_INDEX) "$(TORCH)" -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
