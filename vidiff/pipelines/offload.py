@@ -18,7 +18,7 @@ class PipelineMemory:
     """Offload and VAE knobs, mixed into `VideoPipeline` (reads its unet, text_encoder, codec, device)."""
 
     _offload = None            # None | "model" | "sequential"
-    _offload_hooks: list = []
+    _offload_hooks: tuple = ()         # accelerate hooks under model offload (set per pipeline, never shared)
 
     def _models(self) -> list:
         vae = getattr(self.codec, "vae", None)
@@ -35,7 +35,7 @@ class PipelineMemory:
         for model in self._models():
             _, hook = cpu_offload_with_hook(model, device, prev_module_hook=hook)
             hooks.append(hook)
-        self.device, self._offload, self._offload_hooks = device, "model", hooks
+        self.device, self._offload, self._offload_hooks = device, "model", tuple(hooks)
         return self
 
     def enable_sequential_cpu_offload(self, device="auto") -> "PipelineMemory":
@@ -57,7 +57,7 @@ class PipelineMemory:
 
         for model in self._models():
             remove_hook_from_module(model, recurse=True)
-        self._offload, self._offload_hooks = None, []
+        self._offload, self._offload_hooks = None, ()
 
     def offload_idle(self) -> None:
         """Under model offload: send every model back to host RAM (called before a generation starts)."""
