@@ -160,6 +160,47 @@ def tiny_modelscope_folder(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def svd_scheduler():
+    """SVD's scheduler: EDM Euler with Karras sigmas 0.002..700, v-prediction, continuous timesteps."""
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  interpolation_type="linear", num_train_timesteps=1000, prediction_type="v_prediction",
+                                  sigma_max=700.0, sigma_min=0.002, steps_offset=1, timestep_spacing="leading",
+                                  timestep_type="continuous", trained_betas=None, use_karras_sigmas=True)
+
+
+def tiny_svd_parts(seed: int = 0, num_frames: int = 25) -> dict:
+    """The components of a tiny random `StableVideoDiffusionPipeline` (diffusers' own test sizes), weights perturbed."""
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNetSpatioTemporalConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=8, out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), cross_attention_dim=32,
+        num_attention_heads=8, projection_class_embeddings_input_dim=96, addition_time_embed_dim=32,
+        num_frames=num_frames)
+    torch.manual_seed(seed)
+    vae = AutoencoderKLTemporalDecoder(block_out_channels=[32, 64], in_channels=3, out_channels=3,
+                                       down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], latent_channels=4)
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, projection_dim=32, num_hidden_layers=5, num_attention_heads=4, image_size=32,
+        intermediate_size=37, patch_size=1))
+    return {"unet": _perturbed(unet, seed=seed), "vae": vae, "image_encoder": encoder.eval(),
+            "scheduler": svd_scheduler(), "feature_extractor": CLIPImageProcessor(crop_size=32, size=32)}
+
+
+def tiny_svd_folder(path: str | os.PathLike, seed: int = 0, num_frames: int = 25) -> Path:
+    """Save a tiny random diffusers `StableVideoDiffusionPipeline` folder."""
+    from diffusers import StableVideoDiffusionPipeline
+
+    StableVideoDiffusionPipeline(**tiny_svd_parts(seed, num_frames)).save_pretrained(path, safe_serialization=True)
+    return Path(path)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (for test servers and torchrun rendezvous)."""
     import socket

@@ -100,10 +100,10 @@ def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True,
 class TimestepEmbedding(nn.Module):
     """MLP on the sinusoidal embedding: linear -> SiLU -> linear."""
 
-    def __init__(self, in_dim: int, dim: int):
+    def __init__(self, in_dim: int, dim: int, out_dim: int | None = None):
         super().__init__()
         self.linear_1 = nn.Linear(in_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
+        self.linear_2 = nn.Linear(dim, out_dim or dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed."""
@@ -255,16 +255,18 @@ class SpatialTransformer(nn.Module):
             [TransformerBlock(channels, heads, context_dim, dropout) for _ in range(depth)])
         self.proj_out = proj()
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, f: int) -> torch.Tensor:
-        """x: `(b f) c h w` -> same."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor, f: int, inner=None) -> torch.Tensor:
+        """x: `(b f) c h w` -> same. `inner(h, i)`, if given, runs on the tokens after block i (SVD's temporal blocks)."""
         _, _, hh, ww = x.shape
         h = self.norm(x)
         if self.linear_projection:
             h = self.proj_in(rearrange(h, "n c h w -> n (h w) c"))
         else:
             h = rearrange(self.proj_in(h), "n c h w -> n (h w) c")
-        for block in self.transformer_blocks:
+        for i, block in enumerate(self.transformer_blocks):
             h = block(h, context, f)
+            if inner is not None:
+                h = inner(h, i)
         if self.linear_projection:
             h = rearrange(self.proj_out(h), "n (h w) c -> n c h w", h=hh, w=ww)
         else:

@@ -8,6 +8,7 @@ the same slots in the middle block, and optionally a stem after `conv_in`:
 | `vidiff`      | TemporalConv (`temp_convs`) | TemporalAttention, RoPE (`temp_attentions`) | -      |
 | `animatediff` | -                         | motion module (`motion_modules`), at every level | -   |
 | `modelscope`  | 4-conv stack (`temp_convs`) | temporal transformer (`temp_attentions`) | `transformer_in` |
+| `svd`         | temporal ResBlock, blended (`temporal_res_blocks`) | temporal blocks inside the spatial transformer (`temporal_transformers`) | - |
 
 Parameter names are diffusers' (`UNetMotionModel`, `UNet3DConditionModel`), so their state dicts
 load without renaming. Every layer takes `(b f) c h w` plus `f` and returns the same. The community
@@ -26,7 +27,7 @@ from torch import nn
 
 from vidiff.models.layers import Attention, FeedForward, TemporalAttention, TemporalConv, fuse_windows, residual_ff
 
-FAMILIES = ("vidiff", "animatediff", "modelscope")
+FAMILIES = ("vidiff", "animatediff", "modelscope", "svd")
 
 
 def joint_group_norm(x: torch.Tensor, f: int, norm: nn.GroupNorm) -> torch.Tensor:
@@ -195,45 +196,62 @@ class TemporalConvStack(nn.Module):
 # The families: which module fills which slot. Each builder gets (cfg, channels, heads of the
 # level's spatial attention) and returns a module or None.
 
-def _vidiff_conv(cfg, c, heads):
+def _vidiff_conv(cfg, c, heads, eps=None):
     return TemporalConv(c, cfg.norm_num_groups, cfg.norm_eps)
 
 
-def _vidiff_attn(cfg, c, heads):
+def _vidiff_attn(cfg, c, heads, eps=None):
     h = max(1, min(cfg.temporal_heads, c))
     while c % h:
         h -= 1
     return TemporalAttention(c, h, cfg.norm_num_groups)
 
 
-def _motion_module(cfg, c, heads):
+def _motion_module(cfg, c, heads, eps=None):
     if c % cfg.temporal_heads:
         raise ValueError(f"motion module width {c} is not divisible by temporal_heads={cfg.temporal_heads}")
     return TemporalTransformer(c, cfg.temporal_heads, c // cfg.temporal_heads, cfg.norm_num_groups,
                                cfg.temporal_layers, cfg.motion_max_seq_length)
 
 
-def _modelscope_conv(cfg, c, heads):
+def _modelscope_conv(cfg, c, heads, eps=None):
     return TemporalConvStack(c, cfg.norm_num_groups)
 
 
-def _modelscope_attn(cfg, c, heads):
+def _modelscope_attn(cfg, c, heads, eps=None):
     return TemporalTransformer(c, heads, c // heads, cfg.norm_num_groups, cfg.temporal_layers)
+
+
+def _svd_conv(cfg, c, heads, eps=1e-5):
+    from vidiff.models.spatiotemporal import TemporalResBlock
+
+    return TemporalResBlock(c, cfg.block_out_channels[0] * 4, eps, cfg.norm_num_groups)
+
+
+def _svd_attn(cfg, c, heads, eps=None):
+    from vidiff.models.spatiotemporal import TemporalTransformer
+
+    return TemporalTransformer(c, heads, cfg.cross_attention_dim, cfg.transformer_depth)
 
 
 class Family:
     """Slot names and builders of one temporal family."""
 
-    def __init__(self, conv: tuple | None, attn: tuple | None, attn_everywhere: bool, mid_conv: bool):
+    def __init__(self, conv: tuple | None, attn: tuple | None, attn_everywhere: bool, mid_conv: bool,
+                 video_model: bool = False):
         self.conv, self.attn = conv, attn                  # (attribute name, builder) or None
         self.attn_everywhere = attn_everywhere             # second slot also at levels without attention
         self.mid_conv = mid_conv                           # first slot after both mid ResBlocks
+        # SVD: slot 1 takes the time embedding and the image-only indicator, slot 2 runs inside the
+        # spatial transformer, and both run on one frame too (the blend, not the frame count, makes an image)
+        self.video_model = video_model
 
 
 FAMILY = {
     "vidiff": Family(("temp_convs", _vidiff_conv), ("temp_attentions", _vidiff_attn), False, True),
     "animatediff": Family(None, ("motion_modules", _motion_module), True, False),
     "modelscope": Family(("temp_convs", _modelscope_conv), ("temp_attentions", _modelscope_attn), False, True),
+    "svd": Family(("temporal_res_blocks", _svd_conv), ("temporal_transformers", _svd_attn), False, True, True),
 }
 
 

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vidiff.models.layers import (ATTENTION_BACKENDS, Downsample, GroupNorm, ResBlock, SpatialTransformer, TimestepEmbedding,
                      Upsample, resolve_backend, timestep_embedding)
+from vidiff.models.checks import check_extras, check_inputs, cond_input
 from vidiff.models.temporal import build_stem, get_family
 
 CONFIG_NAME = "config.json"
@@ -53,7 +54,7 @@ class UNetConfig:
                                               # before it that the norm partly removes
     # --- video ---
     temporal: bool = True                     # add temporal layers (False: image UNet)
-    temporal_family: str = "vidiff"           # vidiff | animatediff | modelscope (vidiff/temporal.py)
+    temporal_family: str = "vidiff"           # vidiff | animatediff | modelscope | svd (vidiff/temporal.py)
     temporal_heads: int = 8                   # heads of the temporal attention (vidiff: capped by width;
                                               # animatediff: the motion modules' heads, exactly)
     temporal_layers: int = 1                  # transformer blocks per temporal transformer (community families)
@@ -67,6 +68,8 @@ class UNetConfig:
     frame_position: bool = False              # add an MLP of (frame index in the window, mean text state)
                                               # to each frame's timestep embedding: an arrow of time the
                                               # prompt can act on ("right" = left early, right late)
+    added_time_ids: int = 0                   # svd: scalars (fps, motion bucket, noise augmentation) embedded and
+    addition_time_embed_dim: int = 256        # added to the timestep embedding, each a sinusoid of this width
     # --- runtime (saved, but safe to change after loading) ---
     attention_backend: str = "sdpa"           # sdpa | xformers | math | auto
     gradient_checkpointing: bool = False      # recompute blocks in backward to save memory
@@ -113,48 +116,62 @@ class Level(nn.Module):
     """
 
     def __init__(self, cfg: UNetConfig, cins: list[int], cout: int, heads: int, attn: bool,
-                 temb_dim: int, sample: str | None):
+                 temb_dim: int, sample: str | None, eps: float | None = None):
         super().__init__()
-        g = cfg.norm_num_groups
+        g, eps = cfg.norm_num_groups, cfg.norm_eps if eps is None else eps
         self.resnets = nn.ModuleList(
-            [ResBlock(c, cout, temb_dim, g, cfg.norm_eps, cfg.dropout, cfg.time_scale_shift) for c in cins])
+            [ResBlock(c, cout, temb_dim, g, eps, cfg.dropout, cfg.time_scale_shift) for c in cins])
         self.attentions = nn.ModuleList(
             [SpatialTransformer(cout, heads, cfg.cross_attention_dim, cfg.transformer_depth, g,
                                 cfg.linear_projection, cfg.dropout) for _ in cins]) if attn else None
-        self.slots = _add_slots(self, cfg, cout, heads, len(cins), len(cins) if attn else 0)
+        self.slots = _add_slots(self, cfg, cout, heads, len(cins), len(cins) if attn else 0, eps)
         if sample == "down":
             self.downsamplers = nn.ModuleList([Downsample(cout)])
         elif sample == "up":
             self.upsamplers = nn.ModuleList([Upsample(cout)])
 
-    def unit(self, i: int, h: torch.Tensor, temb: torch.Tensor, ctx: torch.Tensor, f: int) -> torch.Tensor:
+    def unit(self, i: int, h: torch.Tensor, temb: torch.Tensor, ctx: torch.Tensor, f: int,
+             indicator: torch.Tensor | None = None) -> torch.Tensor:
         """ResBlock i of the level with the layers that follow it."""
-        conv, attn = self.slots if f > 1 else (None, None)
         h = self.resnets[i](h, temb)
-        if conv:
-            h = getattr(self, conv)[i](h, f)
-        if self.attentions is not None:
-            h = self.attentions[i](h, ctx, f)
-        if attn:
-            h = getattr(self, attn)[i](h, f)
-        return h
+        return _after_resnet(self, i, h, temb, ctx, f, indicator, self.attentions is not None)
 
 
-def _add_slots(module: nn.Module, cfg: UNetConfig, c: int, heads: int, n_conv: int, n_attn: int):
+def _after_resnet(block, i, h, temb, ctx, f, indicator, attend: bool, slot2: bool = True):
+    """Slot 1, the spatial transformer (if `attend`) and slot 2 (if `slot2`) of unit i of a level or the middle block."""
+    conv, attn = block.slots
+    attn = attn if slot2 else None
+    video = block.video_model
+    if not (f > 1 or video):
+        conv = attn = None
+    if conv:
+        layer = getattr(block, conv)[i]
+        h = layer(h, f, temb, indicator) if video else layer(h, f)
+    if attend:
+        inner = getattr(block, attn)[i].inner(ctx, f, indicator) if attn and video else None
+        h = block.attentions[i](h, ctx, f, inner)
+    if attn and not video:
+        h = getattr(block, attn)[i](h, f)
+    return h
+
+
+def _add_slots(module: nn.Module, cfg: UNetConfig, c: int, heads: int, n_conv: int, n_attn: int, eps: float):
     """Give `module` the family's temporal layers: `n_conv` for slot 1, `n_attn` (or one per unit
     where the family or config puts them everywhere) for slot 2. Returns the two attribute names."""
+    module.video_model = False
     if not cfg.temporal:
         return None, None
     fam = get_family(cfg.temporal_family)
+    module.video_model = fam.video_model
     names = [None, None]
     if fam.conv and n_conv:
         names[0] = fam.conv[0]
-        setattr(module, fam.conv[0], nn.ModuleList([fam.conv[1](cfg, c, heads) for _ in range(n_conv)]))
+        setattr(module, fam.conv[0], nn.ModuleList([fam.conv[1](cfg, c, heads, eps) for _ in range(n_conv)]))
     if fam.attn and (fam.attn_everywhere or cfg.temporal_attention_everywhere):
         n_attn = max(n_attn, n_conv if isinstance(module, Level) else 1)
     if fam.attn and n_attn:
         names[1] = fam.attn[0]
-        setattr(module, fam.attn[0], nn.ModuleList([fam.attn[1](cfg, c, heads) for _ in range(n_attn)]))
+        setattr(module, fam.attn[0], nn.ModuleList([fam.attn[1](cfg, c, heads, eps) for _ in range(n_attn)]))
     return tuple(names)
 
 
@@ -172,23 +189,15 @@ class MidBlock(nn.Module):
         n_attn = 1 if cfg.mid_attention else 0
         if cfg.temporal_family == "animatediff" and not cfg.motion_mid_block:
             n_attn = -1                                  # v1/v3: a plain image middle block
-        self.slots = _add_slots(self, cfg, c, cfg.num_heads[-1], 2 if fam.mid_conv else 0, max(n_attn, 0)) \
-            if n_attn >= 0 else (None, None)
+        self.video_model = False
+        self.slots = _add_slots(self, cfg, c, cfg.num_heads[-1], 2 if fam.mid_conv else 0, max(n_attn, 0),
+                                cfg.norm_eps) if n_attn >= 0 else (None, None)
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor, ctx: torch.Tensor, f: int) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, ctx: torch.Tensor, f: int,
+                indicator: torch.Tensor | None = None) -> torch.Tensor:
         """h: `(b f) c h w` -> same."""
-        conv, attn = self.slots if f > 1 else (None, None)
-        h = self.resnets[0](h, temb)
-        if conv:
-            h = getattr(self, conv)[0](h, f)
-        if self.attentions is not None:
-            h = self.attentions[0](h, ctx, f)
-        if attn:
-            h = getattr(self, attn)[0](h, f)
-        h = self.resnets[1](h, temb)
-        if conv:
-            h = getattr(self, conv)[1](h, f)
-        return h
+        h = _after_resnet(self, 0, self.resnets[0](h, temb), temb, ctx, f, indicator, self.attentions is not None)
+        return _after_resnet(self, 1, self.resnets[1](h, temb), temb, ctx, f, indicator, False, False)
 
 
 class UNet(nn.Module):
@@ -214,6 +223,10 @@ class UNet(nn.Module):
         if stem is not None:
             self.transformer_in = stem
         self.time_embedding = TimestepEmbedding(ch[0], temb_dim)
+        if cfg.added_time_ids:
+            self.add_embedding = TimestepEmbedding(cfg.added_time_ids * cfg.addition_time_embed_dim, temb_dim)
+        # SVD hard-codes its GroupNorm eps per block type (1e-6 with attention and on the way up, else 1e-5)
+        svd = (cfg.temporal and cfg.temporal_family == "svd") or None
         if cfg.pooled_text:
             self.text_embedding = TimestepEmbedding(cfg.cross_attention_dim, temb_dim)
         if cfg.frame_position:
@@ -228,7 +241,7 @@ class UNet(nn.Module):
             last = i == len(ch) - 1
             cins = [cprev] + [c] * (cfg.layers_per_block - 1)
             self.down_blocks.append(Level(cfg, cins, c, cfg.num_heads[i], cfg.attention_levels[i],
-                                          temb_dim, None if last else "down"))
+                                          temb_dim, None if last else "down", svd and (1e-6 if cfg.attention_levels[i] else 1e-5)))
             cprev = c
 
         self.mid_block = MidBlock(cfg, temb_dim)
@@ -244,7 +257,7 @@ class UNet(nn.Module):
             c = ch[level]
             cins = [(cprev if j == 0 else c) + skips.pop() for j in range(cfg.layers_per_block + 1)]
             self.up_blocks.append(Level(cfg, cins, c, cfg.num_heads[level], cfg.attention_levels[level],
-                                        temb_dim, "up" if level > 0 else None))
+                                        temb_dim, "up" if level > 0 else None, svd and 1e-6))
             cprev = c
 
         self.conv_norm_out = GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
@@ -307,54 +320,29 @@ class UNet(nn.Module):
                     m.backend = backend
             self._resolved_backend = backend
 
-    def _check(self, x, t, ctx):
-        cfg = self.config
-        if not torch.is_tensor(x) or x.ndim != 5:
-            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"x must be a 5-D video tensor (b c f h w), got shape {shape}; "
-                             "for images use x[:, :, None]")
-        b, c, f, h, w = x.shape
-        if c != cfg.in_channels:
-            raise ValueError(f"x has {c} channels, the UNet expects in_channels={cfg.in_channels}")
-        m = cfg.downsample_factor
-        if h % m or w % m:
-            raise ValueError(f"height and width must be multiples of {m} (the UNet downsamples "
-                             f"{len(cfg.block_out_channels) - 1} times), got {h}x{w}")
-        if cfg.temporal and cfg.temporal_family == "animatediff" and f > cfg.motion_max_seq_length \
-                and not self._windowed:
-            raise ValueError(f"num_frames={f} exceeds the motion module's positional table of "
-                             f"{cfg.motion_max_seq_length} frames; use mode='windows' or mode='autoregressive' with "
-                             f"chunk <= {cfg.motion_max_seq_length}")
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(b)
-        if t.shape not in ((b,), (b, f)):
-            raise ValueError(f"t must have shape (b,)=({b},) or (b, f)=({b}, {f}), got {tuple(t.shape)}")
-        if ctx is None:
-            raise ValueError("encoder_hidden_states is required (b, n, "
-                             f"{cfg.cross_attention_dim}); pass the text encoder's states")
-        if ctx.ndim == 4 and ctx.shape[0] in (1, b) and ctx.shape[1] == f and ctx.shape[-1] == cfg.cross_attention_dim:
-            return t, ctx.expand(b, -1, -1, -1).reshape(b * f, *ctx.shape[2:])     # per-frame text: (b f) n d
-        if ctx.ndim != 3 or ctx.shape[0] not in (1, b) or ctx.shape[-1] != cfg.cross_attention_dim:
-            raise ValueError(f"encoder_hidden_states must be (b={b}, n, {cfg.cross_attention_dim}) or per frame "
-                             f"(b, f={f}, n, {cfg.cross_attention_dim}), got {tuple(ctx.shape)}")
-        return t, ctx.expand(b, -1, -1)
-
     def forward(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+                cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None,
+                added_time_ids: torch.Tensor | None = None, image_only_indicator: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Predict from noisy video x `b c f h w` at noise level t `(b,)` or `(b, f)`.
 
         `cond` (`b c f h w`) and `cond_mask` (`b f`, 1 = frame given) feed the frame-conditioning
         inputs of a model built with `frame_conditioning=True`; without them it is text-to-video.
+        `added_time_ids` (`b, n`) are SVD's (fps - 1, motion bucket, noise augmentation); `image_only_indicator`
+        (`b f`, 1 = an image) makes those frames the image model in the svd family (default: all video).
         """
         cfg = self.config
-        t, ctx = self._check(x, t, encoder_hidden_states)
+        t, ctx = check_inputs(cfg, x, t, encoder_hidden_states, self._windowed)
+        indicator = check_extras(cfg, x, added_time_ids, image_only_indicator)
         self._apply_backend(x.device)
         b, _, f, hh, ww = x.shape
 
         temb = timestep_embedding(t.expand(f, b).T if t.ndim == 1 else t, cfg.block_out_channels[0],
                                   cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = self.time_embedding(rearrange(temb, "b f d -> (b f) d").to(x.dtype))     # (b f) d
+        if cfg.added_time_ids:
+            ids = timestep_embedding(added_time_ids.reshape(-1), cfg.addition_time_embed_dim, True, 0)
+            temb = temb + self.add_embedding(ids.reshape(b, -1).to(x.dtype)).repeat_interleave(f, 0)
         pooled = ctx.mean(1).to(x.dtype)
         if ctx.shape[0] != b * f or f == 1:  # one text per sample: pooled once, then to each of its frames
             pooled = pooled.repeat_interleave(f, 0)                                   # (b f) d
@@ -374,7 +362,7 @@ class UNet(nn.Module):
             xf = xf.detach().requires_grad_()
         h = self.conv_in(xf)                                                            # (b f) c h w
         if cond is not None or cond_mask is not None:
-            c_in = self._cond_input(cond, cond_mask, x)                              # checks first
+            c_in = cond_input(cfg, cond, cond_mask, x)                              # checks first
             h = h + self.frame_cond_in(c_in)
         if f > 1 and hasattr(self, "transformer_in"):
             h = self.transformer_in(h, f)
@@ -383,18 +371,18 @@ class UNet(nn.Module):
         skips = [h]
         for level in self.down_blocks:
             for i in range(len(level.resnets)):
-                h = run(level.unit, i, h, temb, ctx, f)
+                h = run(level.unit, i, h, temb, ctx, f, indicator)
                 skips.append(h)
             if hasattr(level, "downsamplers"):
                 h = level.downsamplers[0](h)
                 skips.append(h)
 
-        h = run(self.mid_block, h, temb, ctx, f)
+        h = run(self.mid_block, h, temb, ctx, f, indicator)
 
         for level in self.up_blocks:
             for i in range(len(level.resnets)):
                 h = torch.cat([h, skips.pop()], dim=1)
-                h = run(level.unit, i, h, temb, ctx, f)
+                h = run(level.unit, i, h, temb, ctx, f, indicator)
             if hasattr(level, "upsamplers"):
                 h = level.upsamplers[0](h)
 
@@ -405,23 +393,6 @@ class UNet(nn.Module):
         if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return lambda fn, *args: checkpoint(fn, *args, use_reentrant=False)
         return lambda fn, *args: fn(*args)
-
-    def _cond_input(self, cond, cond_mask, x):
-        b, _, f, hh, ww = x.shape
-        if not self.config.frame_conditioning:
-            raise ValueError("cond/cond_mask given but the UNet has frame_conditioning=False")
-        if cond is None:
-            raise ValueError("cond (b c f h w) is required with cond_mask")
-        if cond.shape != x.shape:
-            raise ValueError(f"cond must have the shape of x {tuple(x.shape)}, got {tuple(cond.shape)}")
-        if cond_mask is None:
-            raise ValueError("cond_mask (b, f) is required with cond")
-        mask = torch.as_tensor(cond_mask, device=x.device, dtype=x.dtype)
-        if mask.shape != (b, f):
-            raise ValueError(f"cond_mask must have shape (b, f)=({b}, {f}), got {tuple(mask.shape)}")
-        mask = mask[:, None, :, None, None].expand(b, 1, f, hh, ww)
-        inp = torch.cat([cond.to(x.dtype) * mask, mask], dim=1)
-        return rearrange(inp, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
@@ -490,6 +461,7 @@ def load_weights(config: UNetConfig, sd: dict, dtype: torch.dtype = torch.float3
 def is_temporal_key(name: str) -> bool:
     """True for parameters that the image UNet does not have (temporal layers, frame-cond input)."""
     return (".temp_convs." in name or ".temp_attentions." in name or ".motion_modules." in name
+            or ".temporal_res_blocks." in name or ".temporal_transformers." in name
             or name.startswith(("frame_cond_in.", "frame_embedding.", "transformer_in.")))
 
 
