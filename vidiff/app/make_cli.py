@@ -54,6 +54,14 @@ def _load_pipeline(args: argparse.Namespace):
     pipe = VideoPipeline.from_pretrained(args.model, motion_adapter=args.motion_adapter, device=device,
                                          dtype=args.dtype, scheduler=scheduler_arg(args.scheduler),
                                          variant=args.variant, revision=args.revision)
+    if hasattr(pipe, "encode_condition"):          # Stable Video Diffusion: its own knobs (see _svd)
+        for flag, bad in (("--lora", loras), ("--offload", args.offload), ("--vae-tiling", args.vae_tiling)):
+            if bad:
+                raise UsageError(f"{flag} is not available for Stable Video Diffusion models (its temporal VAE has no "
+                                 "tiling; bound decoding memory with --decode-chunk)")
+        return pipe
+    args.chunk = 16 if args.chunk is None else args.chunk
+    args.context = 4 if args.context is None else args.context
     for path, scale in loras:
         pipe.load_lora(path, scale)
     _memory_knobs(args, pipe, device)
@@ -83,6 +91,49 @@ def _read_frames(flag: str, path: str):
     return load_frames(path)
 
 
+def _svd(args: argparse.Namespace, pipe) -> None:
+    """generate --image on a Stable Video Diffusion model: its own knobs, no text."""
+    import random
+    import time
+
+    if args.image is None:
+        raise UsageError(f"--model {args.model} is an image-to-video model (Stable Video Diffusion, no text encoder): "
+                         "give --image PATH")
+    if args.prompt:
+        print("vidiff: note: this SVD model has no text encoder; the prompt is ignored", file=sys.stderr)
+    for flag, value in (("--motion-bucket", args.motion_bucket), ("--noise-aug", args.noise_aug)):
+        if value is not None and value < 0:
+            raise UsageError(f"{flag} must be >= 0, got {value:g}")
+    if args.seed is None:
+        args.seed = random.randrange(2 ** 31)
+        print(f"seed {args.seed} (pass --seed {args.seed} to make this video again)")
+    first = _read_frames("--image", args.image)[0]
+    d = pipe.defaults
+    resize = args.resize if (args.height or args.width or first.shape[0] % pipe.size_multiple
+                             or first.shape[1] % pipe.size_multiple) else None
+    t0 = time.perf_counter()
+    video = pipe.animate(first, num_frames=args.frames, height=args.height or (d["height"] if resize else None),
+                         width=args.width or (d["width"] if resize else None), num_inference_steps=args.steps,
+                         guidance_scale=args.guidance, min_guidance_scale=args.min_guidance, fps=args.fps,
+                         motion_bucket_id=127 if args.motion_bucket is None else args.motion_bucket,
+                         noise_aug_strength=0.02 if args.noise_aug is None else args.noise_aug,
+                         decode_chunk_size=args.decode_chunk, seed=args.seed, mode=args.mode,
+                         chunk=args.chunk, context=1 if args.context is None else args.context, resize=resize)
+    _save(args, video, time.perf_counter() - t0)
+
+
+def _save(args: argparse.Namespace, video, seconds: float) -> None:
+    """Save with the settings (and what remakes it) inside; print what was written."""
+    from vidiff.app.replay import record_inputs
+
+    video.settings.update(command=args.command, inputs=record_inputs(args))    # --from-settings remakes it
+    video.save(args.output, upscale=args.upscale)
+    f, h, w, _ = video.frames.shape
+    up = f", shown {args.upscale}x" if args.upscale > 1 else ""
+    print(f"wrote {args.output}: {f} frame{'s' * (f != 1)} {w}x{h}{up} at {video.fps:g} fps in {seconds:.1f}s "
+          f"(seed {args.seed}; settings stored in the file)")
+
+
 def _run(args: argparse.Namespace, pipe, frames: int, height: int, width: int, make) -> None:
     """Guard memory, pick and print the seed, run `make(kwargs)`, save with the settings inside."""
     import random
@@ -110,15 +161,7 @@ def _run(args: argparse.Namespace, pipe, frames: int, height: int, width: int, m
                   guidance_scale=args.guidance, sampler=args.sampler, seed=args.seed, fps=args.fps, eta=args.eta)
     t0 = time.perf_counter()
     video = make(kwargs)
-    seconds = time.perf_counter() - t0
-    from vidiff.app.replay import record_inputs
-
-    video.settings.update(command=args.command, inputs=record_inputs(args))    # --from-settings remakes it
-    video.save(args.output, upscale=args.upscale)
-    f, h, w, _ = video.frames.shape
-    up = f", shown {args.upscale}x" if args.upscale > 1 else ""
-    print(f"wrote {args.output}: {f} frame{'s' * (f != 1)} {w}x{h}{up} at {video.fps:g} fps in {seconds:.1f}s "
-          f"(seed {args.seed}; settings stored in the file)")
+    _save(args, video, time.perf_counter() - t0)
 
 
 def _travel(args: argparse.Namespace, frames: int):
@@ -193,9 +236,13 @@ def _generate(args: argparse.Namespace) -> None:
     if args.prompts is not None:
         _batch(args)
         return
-    if args.prompt is None:
-        raise UsageError("give a PROMPT (or --prompts FILE for a batch)")
+    if args.prompt is None and args.image is None:
+        raise UsageError("give a PROMPT (or --image FILE for image-to-video, --prompts FILE for a batch)")
     pipe = _load_pipeline(args)
+    if hasattr(pipe, "encode_condition"):                       # Stable Video Diffusion
+        _svd(args, pipe)
+        return
+    args.prompt = args.prompt or ""
     d = pipe.defaults
     frames = d["num_frames"] if args.frames is None else args.frames     # the model's own length by default
     height, width = args.height or d["height"], args.width or d["width"]
@@ -298,8 +345,10 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
     p.add_argument("--motion-adapter", default=None,
                    help="AnimateDiff motion module for a Stable Diffusion --model: MotionAdapter folder, .safetensors "
                         "or hub id")
-    p.add_argument("--chunk", type=int, default=16, help="frames per window (autoregressive, windows)")
-    p.add_argument("--context", type=int, default=4, help="autoregressive: frames carried into each new window")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="frames per window (autoregressive, windows; default 16, SVD: the model's frames)")
+    p.add_argument("--context", type=int, default=None,
+                   help="autoregressive: frames carried into each new window (default 4, SVD: 1)")
     p.add_argument("--stride", type=int, default=4, help="windows: frames between window starts (default 4)")
     p.add_argument("--weighting", default="pyramid", choices=["flat", "pyramid", "delayed_reverse_sawtooth"],
                    help="windows: how overlapping windows are averaged (default pyramid)")
@@ -345,6 +394,12 @@ def make_parsers(sub) -> None:
                      help="with --video: how far the input is noised, 0 (kept) .. 1 (redrawn); default 0.6")
     gen.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"],
                      help="fit --image / --video to the output size (default crop: cover, then centre crop)")
+    gen.add_argument("--motion-bucket", type=int, default=None,
+                     help="SVD: how much motion, 0..255 (default 127; higher moves more)")
+    gen.add_argument("--noise-aug", type=float, default=None,
+                     help="SVD: noise added to the image before encoding (default 0.02; more lets the video drift from it)")
+    gen.add_argument("--min-guidance", type=float, default=None,
+                     help="SVD: guidance at frame 0, rising to --guidance at the last frame (default the model's, 1.0)")
     gen.add_argument("--first-frame-first", action=argparse.BooleanOptionalAction, default=None,
                      help="text-to-video as frame 0 first, then image-to-video from it "
                           "(default: the model's setting; shapes-64: on)")

@@ -75,7 +75,9 @@ def _convert(args: argparse.Namespace) -> None:
     cast = None if args.dtype == "float32" else dtype_of(args.dtype)
     write_folder_atomically(args.out, lambda tmp: pipe.save_pretrained(tmp, dtype=cast))
     cfg = pipe.unet.config
-    print(f"wrote {args.out}: vidiff model folder ({cfg.temporal_family if cfg.temporal else 'image'} family, "
+    kind = "StableVideoDiffusionPipeline folder (diffusers' layout" if cfg.temporal_family == "svd" else \
+        "vidiff model folder ("
+    print(f"wrote {args.out}: {kind}{cfg.temporal_family if cfg.temporal else 'image'} family, "
           f"{sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M UNet parameters, {args.dtype})")
 
 
@@ -101,7 +103,8 @@ def model_parsers(sub) -> None:
     conv.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
     conv.add_argument("--motion-adapter", default=None, help="MotionAdapter folder, .safetensors or hub id (with an SD source)")
     conv.add_argument("--config", default=None, help="single file: a diffusers SD folder whose configs and tokenizer "
-                      "to use (default: inferred from the keys; the tokenizer from the hub cache)")
+                      "to use (default: inferred from the keys; the tokenizer from the hub cache); for an SVD "
+                      "file (svd.safetensors, svd_xt.safetensors), a diffusers SVD folder giving VAE and image encoder")
     conv.add_argument("--scheduler", default=None, help="replace the source's scheduler (as generate --scheduler)")
     conv.add_argument("--variant", default=None, help="read *.VARIANT.safetensors weights, e.g. fp16")
     conv.add_argument("--revision", default=None, help="hub revision of a hub-id source")

@@ -140,6 +140,9 @@ def export_diffusers(pipe, out: str | os.PathLike) -> str:
 
     cfg = pipe.unet.config
     family = cfg.temporal_family if cfg.temporal else None
+    if family == "svd":                                 # SVDPipeline writes diffusers' own layout
+        pipe.save_pretrained(out)
+        return "StableVideoDiffusionPipeline"
     if family == "animatediff":
         save_motion_adapter(pipe.unet, out)
         return "MotionAdapter"

@@ -227,7 +227,13 @@ def convert_checkpoint(file: str | os.PathLike, out: str | os.PathLike, config: 
 
     from safetensors.torch import load_file, save_file
 
-    parts = ldm_to_diffusers(load_file(str(file)))
+    raw = load_file(str(file))
+    from vidiff.loaders.svd import convert_svd_checkpoint, is_gm_svd
+
+    if is_gm_svd(raw):                                  # Stable Video Diffusion (generative-models layout)
+        convert_svd_checkpoint(raw, file, out, config)
+        return Path(out)
+    parts = ldm_to_diffusers(raw)
     configs = inferred_configs(parts)
     sd2 = configs["unet"]["use_linear_projection"]
     scheduler = {**SD_SCHEDULER, "prediction_type": "v_prediction" if sd2 else "epsilon"}

@@ -72,6 +72,12 @@ def jump_warning(frames: np.ndarray, factor: float = 8.0) -> None:
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "shapes-64"   # shipped, trained by vidiff's recipe
 
 
+def is_svd_folder(folder) -> bool:
+    """True for a diffusers `StableVideoDiffusionPipeline` folder."""
+    index = Path(folder) / "model_index.json"
+    return index.exists() and json.loads(index.read_text()).get("_class_name") == "StableVideoDiffusionPipeline"
+
+
 def noise_layout(unet_config):
     """How a sampler draws its step noise: as diffusers' pipeline for this family lays it out.
 
@@ -107,6 +113,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
                         revision: str | None = None) -> "VideoPipeline":
         """Load a model: a folder, a hub id (`org/name`, from the hub cache offline) or a single-file SD checkpoint.
 
+        A `StableVideoDiffusionPipeline` folder gives an `SVDPipeline` (image-to-video, `animate(image)`).
         Reads vidiff folders and diffusers `AnimateDiffPipeline` (UNetMotionModel, or a UNet2D plus
         `motion_adapter/`), Stable Diffusion (with `motion_adapter=` a MotionAdapter folder, an
         AnimateDiff .safetensors file or a hub id) and `TextToVideoSDPipeline` (ModelScope, Zeroscope) folders.
@@ -122,6 +129,12 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
             if not (path / "model_index.json").exists():
                 raise FileNotFoundError(f"the default model is not installed at {path}; pass a model folder")
         folder, source = resolve_model(path, revision=revision, variant=variant)
+        if is_svd_folder(folder):                    # image-to-video with Stable Video Diffusion
+            if motion_adapter is not None or scheduler is not None:
+                raise ValueError("a Stable Video Diffusion model takes no motion adapter and keeps its own EDM scheduler")
+            from vidiff.pipelines.svd import SVDPipeline
+
+            return SVDPipeline.from_pretrained(path, device=device, dtype=dtype, variant=variant, revision=revision)
         adapter, adapter_source = (None, None) if motion_adapter is None else resolve_model(
             motion_adapter, kind="motion adapter", variant=variant)
         unet, text, schedule, codec, defaults = load_components(folder, adapter, scheduler, variant=variant)

@@ -119,7 +119,7 @@ class SVDPipeline:
                    pre.get("image_std", CLIP_STD), defaults)
         device = resolve_device(device)
         pipe.to(device, resolve_dtype(dtype, device))
-        pipe.source, pipe.variant = source, variant
+        pipe.source, pipe.variant, pipe.unet_config = source, variant, unet_cfg
         return pipe
 
     def save_pretrained(self, path, dtype: torch.dtype | None = None) -> None:
@@ -128,7 +128,8 @@ class SVDPipeline:
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_svd_unet(self.unet, path / "unet", int(self.defaults["num_frames"]), dtype)
+        save_svd_unet(self.unet, path / "unet", int(self.defaults["num_frames"]), dtype,
+                      getattr(self, "unet_config", None))
         self.vae.save_pretrained(path / "vae", safe_serialization=True)
         self.image_encoder.save_pretrained(path / "image_encoder", safe_serialization=True)
         (path / "scheduler").mkdir(exist_ok=True)
@@ -157,7 +158,10 @@ class SVDPipeline:
         self.unet.to(device=self.device, dtype=self.dtype)
         self.image_encoder.to(device=self.device, dtype=self.dtype if half_ok else torch.float32)
         upcast = bool(getattr(self.vae.config, "force_upcast", True))
-        self.vae.to(device=self.device, dtype=self.dtype if half_ok and not upcast else torch.float32)
+        vae_dtype = self.dtype if half_ok and not upcast else torch.float32
+        self.vae.to(device=self.device)
+        if next(self.vae.parameters()).dtype != vae_dtype:
+            self.vae.to(dtype=vae_dtype)
         return self
 
     @property
@@ -168,10 +172,11 @@ class SVDPipeline:
     # ---- conditioning ------------------------------------------------------------------------
     def encode_image(self, pixels: torch.Tensor, resize: bool = True) -> torch.Tensor:
         """CLIP image embedding `(b, 1, d)` of `b 3 h w` pixels in [0, 1]; `resize` brings them to the encoder's
-        size as SVD does (diffusers skips it for tensor inputs, so parity with a tensor image needs False)."""
+        size as SVD does (diffusers skips it for tensor inputs, so parity with a tensor image needs False; a tensor not
+        at the encoder's size is resized all the same)."""
         x = pixels.to(self.device, torch.float32)
-        if resize:
-            size = int(self.image_encoder.config.image_size)
+        size = int(self.image_encoder.config.image_size)
+        if resize or tuple(x.shape[-2:]) != (size, size):
             x = (blur_resize(x * 2 - 1, (size, size)) + 1) / 2
         mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
@@ -187,6 +192,13 @@ class SVDPipeline:
         vae_dtype = next(self.vae.parameters()).dtype
         with torch.no_grad():
             return self.vae.encode(image.to(vae_dtype)).latent_dist.mode().float()
+
+    def encode_latents(self, image: torch.Tensor) -> torch.Tensor:
+        """`b 3 h w` pixels in [-1, 1] -> the latents a video frame of them has (`b 4 h w`, scaled)."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        with torch.no_grad():
+            z = self.vae.encode(image.to(vae_dtype)).latent_dist.mode().float()
+        return z * float(self.vae.config.scaling_factor)
 
     def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """`b 4 f h w` latents -> `b 3 f H W` pixels in [-1, 1], `chunk` frames per VAE call (its temporal layers
@@ -256,7 +268,7 @@ class SVDPipeline:
                 generator: torch.Generator | None = None, seed: int | None = None,
                 latents: torch.Tensor | None = None, output_type: str = "video", mode: str = "all",
                 chunk: int | None = None, context: int = 1, stride: int = 4, resize: str | None = None,
-                progress: bool = True):
+                keep_first_frame: bool = True, progress: bool = True):
         """Image-to-video: `image` (path, PIL, `h w 3` uint8, or a `1 3 h w` tensor in [0, 1]) is frame 0.
 
         `guidance_scale` is the top of the per-frame guidance ramp, `min_guidance_scale` its start; `fps`,
@@ -266,6 +278,10 @@ class SVDPipeline:
         Longer than the model's window (`chunk`, default its `num_frames`): mode "autoregressive" (each window
         is conditioned on its first frame, the `context` frames it shares with the window before held as made)
         or "windows" (temporal attention on overlapping windows of `chunk`, `stride` apart).
+
+        `keep_first_frame` (default True) holds frame 0's latents to the image's own during sampling and returns
+        the image itself as frame 0, so the video starts exactly at the input (SVD alone drifts from it).
+        False samples exactly as diffusers' StableVideoDiffusionPipeline: the same seed gives its video.
         """
         from vidiff.pipelines.pipeline import Video
 
@@ -299,15 +315,18 @@ class SVDPipeline:
         ids = torch.tensor([[fps - 1, float(motion_bucket_id), float(noise_aug_strength)]], device=self.device)
         run = dict(steps=steps, min_guidance=min_guidance, guidance=guidance, generator=g)
         image_m11 = pixels.to(self.device) * 2 - 1
+        first = self.encode_latents(image_m11)[:, :, None] if keep_first_frame else None
         if mode == "autoregressive" and num_frames > chunk:
             out, frames = self._autoregressive(image_m11, embeds, ids, num_frames, chunk, context, noise_aug_strength,
-                                               decode_chunk_size, run)
+                                               decode_chunk_size, run, first)
         else:
             cond = self.encode_condition(image_m11, noise_aug_strength, g)
             windows = self.unet.temporal_windows(chunk, stride) if mode == "windows" and num_frames > chunk else None
             with windows or contextlib.nullcontext():
-                out = self.sample(embeds, cond, ids, num_frames, latents=latents, **run)
+                out = self.sample(embeds, cond, ids, num_frames, latents=latents, known=first, **run)
             frames = None if output_type == "latent" else self.decode(out, decode_chunk_size)
+        if keep_first_frame and frames is not None:
+            frames[:, :, 0] = image_m11 if frames.dtype != torch.uint8 else _uint8(image_m11)
         if output_type == "latent":
             return out
         if output_type == "pt":
@@ -340,9 +359,9 @@ class SVDPipeline:
         elif (height and height != h) or (width and width != w):
             raise ValueError(f"the image is {w}x{h}, not the {width or w}x{height or h} asked for; pass resize='crop' "
                              "(CLI: --resize crop) to fit it")
-        return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 255, True
+        return torch.from_numpy(np.array(frame)).permute(2, 0, 1)[None].float() / 255, True
 
-    def _autoregressive(self, image, embeds, ids, num_frames, chunk, context, aug, decode_chunk, run):
+    def _autoregressive(self, image, embeds, ids, num_frames, chunk, context, aug, decode_chunk, run, first=None):
         """Windows of `chunk` frames, each conditioned on its first frame and holding the `context` frames it shares
         with the window before; one window of latents and pixels is alive at a time. Returns (latents, uint8 pixels)."""
         parts, pixels, cond_image, known, made = [], [], image, None, 0
@@ -350,7 +369,7 @@ class SVDPipeline:
             new = min(num_frames - made, chunk if known is None else chunk - context)
             size = new if known is None else context + new
             cond = self.encode_condition(cond_image, aug, run["generator"])
-            lat = self.sample(embeds, cond, ids, size, known=known, **run)
+            lat = self.sample(embeds, cond, ids, size, known=first if known is None else known, **run)
             frames = self.decode(lat, decode_chunk)
             skip = 0 if known is None else context
             parts.append(lat[:, :, skip:].cpu())
