@@ -148,21 +148,32 @@ def test_bf16_mixed_precision_runs_on_cpu(data, tmp_path):
     assert next(result["unet"].parameters()).dtype == torch.float32          # master weights stay fp32
 
 
-def _run(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "vidiff.app.cli", "train", str(TINY), *args, "--quiet"],
+def _run(args, config=TINY, **kw):
+    return subprocess.Popen([sys.executable, "-m", "vidiff.app.cli", "train", str(config), *args, "--quiet"],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
+SVD_RUN = ["data.height=32", "data.width=32", "train.mixed_precision=no", "train.grad_accum=1", "train.batch_size=2",
+           "train.gradient_checkpointing=false", "train.ema_decay=0.99"]
+
+
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_uninterrupted_run(data, tmp_path):
+@pytest.mark.parametrize("kind", ["tiny", "svd"])
+def test_resume_after_sigkill_matches_uninterrupted_run(data, tmp_path, kind):
     args = [f"data.path={data}", "data.num_frames=4", "train.steps=12", "train.checkpoint_every=3",
             "train.keep_checkpoints=10", "data.num_workers=0"]
-    full = _run(args + [f"train.output_dir={tmp_path / 'full'}"])
+    config = TINY
+    if kind == "svd":                      # configs/svd-finetune.yaml on a tiny SVD folder
+        from vidiff.testing import tiny_svd_folder
+
+        config = ROOT / "configs" / "svd-finetune.yaml"
+        args += SVD_RUN + [f"train.init={tiny_svd_folder(tmp_path / 'svd')}"]
+    full = _run(args + [f"train.output_dir={tmp_path / 'full'}"], config)
     killed = tmp_path / "killed"
-    proc = _run(args + [f"train.output_dir={killed}"])
+    proc = _run(args + [f"train.output_dir={killed}"], config)
     kill_when(proc, (killed / "checkpoints" / "checkpoint-00000003" / "state.json").exists)
     assert latest_checkpoint(killed / "checkpoints").name != "checkpoint-00000012"   # really cut short
-    resumed = _run(args + [f"train.output_dir={killed}"])
+    resumed = _run(args + [f"train.output_dir={killed}"], config)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
     assert full.wait(timeout=300) == 0, full.stderr.read().decode()[-2000:]
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
@@ -318,3 +329,28 @@ def test_level_band_moves_that_share_of_levels_into_the_band(tmp_path):
     for bad in ("train.level_band=[650,400]", "train.level_band=[400]", "train.level_band_fraction=2"):
         with pytest.raises(ValueError, match="train.level_band"):
             check(cfg_for(tmp_path, tmp_path / "o", bad))
+
+
+def test_svd_finetune_lowers_the_loss(data, tmp_path):
+    """20 steps of configs/svd-finetune.yaml on a tiny SVD folder and 4 clips: the loss on fixed draws goes down,
+    and the result is an SVD folder the pipeline loads."""
+    from vidiff.pipelines.svd import SVDPipeline
+    from vidiff.testing import tiny_svd_folder
+    from vidiff.training.svd_train import SVDObjective, svd_draw, svd_models
+
+    init = tiny_svd_folder(tmp_path / "svd")
+    cfg = load_config(ROOT / "configs" / "svd-finetune.yaml", [
+        f"data.path={data}", f"train.init={init}", f"train.output_dir={tmp_path / 'run'}", "data.num_frames=4",
+        "train.steps=20", "data.num_workers=0", "train.lr=1e-3", "train.warmup_steps=0", *SVD_RUN])
+    result = train(cfg, progress=False)
+    x = torch.stack([ClipDataset(data, num_frames=4, size=32, train=False)[i]["video"] for i in range(4)])
+
+    def loss(unet):
+        _, cond, schedule, codec = svd_models(init)
+        draws = svd_draw(x, schedule, codec.factor, torch.Generator().manual_seed(7), 0.0)
+        with torch.no_grad():
+            return float(SVDObjective(unet.eval(), cond, schedule, 7.0)((x, *draws)))
+
+    before = loss(svd_models(init)[0])
+    after = loss(SVDPipeline.from_pretrained(result["model_dir"], device="cpu").unet)
+    assert after < 0.9 * before, (before, after)

@@ -32,7 +32,9 @@ from vidiff.loaders.convert import load_unet
 from vidiff.data.clips import ClipDataset, loader
 from vidiff.loaders.folders import folder_adapter
 from vidiff.models.inflate import inflate, load_image_unet
+from vidiff.diffusion.edm import EDMSchedule
 from vidiff.diffusion.schedule import NoiseSchedule, per_frame
+from vidiff.training.svd_train import SVDObjective, is_svd_init, save_svd_result, svd_batch, svd_models
 from vidiff.models.text import TextEncoder
 from vidiff.models.unet import UNet, is_temporal_key
 from vidiff.training.checkpoints import (make_ema, resume, save_checkpoint, save_tensors,
@@ -65,6 +67,14 @@ def build_models(cfg: Config):
     if init is not None and not init.is_dir():
         raise FileNotFoundError(f"train.init {str(init)!r} is not a model folder")
     torch.manual_seed(t.seed)            # fresh layers start the same for the same seed
+    if is_svd_init(init):                # Stable Video Diffusion: its own conditioning and loss (svd_train.py)
+        if cfg.model or cfg.schedule or t.teacher or t.image_batch_size or t.stage != "video":
+            raise ValueError("an SVD train.init takes no model:/schedule: overrides, teacher, image batches or "
+                             "image stage (it fine-tunes the SVD model as it is)")
+        unet, cond, schedule, codec = svd_models(init)
+        if t.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        return unet, cond, schedule, codec
 
     if cfg.text.pretrained or init is not None:
         text = TextEncoder.from_pretrained(cfg.text.pretrained or init)
@@ -416,7 +426,9 @@ def train(cfg: Config, progress: bool = True) -> dict:
     per_step = t.batch_size * t.grad_accum * world          # samples of the global stream per step
     optimizer = torch.optim.AdamW([p for _, p in trainable], lr=t.lr, betas=tuple(t.adam_betas),
                                   weight_decay=t.weight_decay)
-    objective, optimizer = accelerator.prepare(_objective(t, unet, schedule, device), optimizer)
+    svd = isinstance(schedule, EDMSchedule)
+    objective = SVDObjective(unet, text, schedule, d.fps or 7.0) if svd else _objective(t, unet, schedule, device)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
     ema = make_ema(trainable)                 # after prepare: on the device the weights now live on
     g = torch.Generator().manual_seed(t.seed * 1000 + rank)
     step, state = resume(ckpt_dir, unet, ema, optimizer, g, accelerator)
@@ -448,7 +460,8 @@ def train(cfg: Config, progress: bool = True) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, t)
         for micro in range(t.grad_accum):
-            vid, img, keys, bad = _next_batch(batches, images, cfg, schedule, g, encode, device)
+            vid, img, keys, bad = svd_batch(batches, g, schedule, codec.factor, t.text_dropout, device) if svd \
+                else _next_batch(batches, images, cfg, schedule, g, encode, device)
             skipped.update(bad)
             sync = micro == t.grad_accum - 1
             with accelerator.no_sync(objective) if not sync and world > 1 else contextlib.nullcontext():
@@ -484,7 +497,9 @@ def train(cfg: Config, progress: bool = True) -> dict:
 
     net = accelerator.unwrap_model(objective).unet
     model_dir = out / ("lora.safetensors" if t.lora is not None else "model")
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and svd and t.lora is None:
+        save_svd_result(net, ema, text, model_dir)
+    elif accelerator.is_main_process:
         _save_result(cfg, net, ema, text, schedule, codec, model_dir)
     accelerator.wait_for_everyone()
     return {"model_dir": model_dir, "step": step, "unet": net, "ema": ema, "skipped": sorted(skipped),
