@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from vidiff.models.layers import Attention, FeedForward, TimestepEmbedding, fuse_windows, timestep_embedding
-from vidiff.models.temporal import FrameConv, _back, joint_group_norm
+from vidiff.models.frames import FrameConv, _back, joint_group_norm
 
 
 class TimeMixer(nn.Module):

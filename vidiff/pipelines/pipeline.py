@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,37 +21,16 @@ from einops import rearrange
 
 from vidiff.models.codec import PixelCodec, VaeCodec
 from vidiff.devices import randn, resolve_device, resolve_dtype
-from vidiff.data.io import fit_frame, read_video, write_video
+from vidiff.data.io import fit_frame, read_video
 from vidiff.diffusion.plans import Runner, sample_fifo, sample_plan, sample_window
 from vidiff.loaders.lora import PipelineLoras
 from vidiff.pipelines.inputs import PipelineInputs, check_strength, load_frames
 from vidiff.pipelines.offload import PipelineMemory
 from vidiff.pipelines.requests import RequestChecks
+from vidiff.pipelines.video import Video  # noqa: F401  (the public home of Video stays here)
 from vidiff.diffusion.schedule import NoiseSchedule
 from vidiff.models.text import TextEncoder
 from vidiff.models.unet import UNet
-
-@dataclass
-class Video:
-    """Generated frames (`f h w 3` uint8) and their frame rate."""
-
-    frames: np.ndarray
-    fps: float = 8.0
-    settings: dict = field(default_factory=dict)   # what made it (seed included); saved inside the file
-    seams: list | None = None                      # first frame of each window after the first (long-video modes)
-
-    def save(self, path: str | os.PathLike, upscale: int = 1) -> Path:
-        """Write MP4 / GIF / PNG / frame folder by suffix (atomically), with the settings as metadata.
-
-        `upscale` enlarges each pixel to an n x n block, for looking at small videos.
-        """
-        from vidiff.data.io import upscale as _upscale
-
-        return write_video(_upscale(self.frames, upscale), path, fps=self.fps, metadata=self.settings or None)
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
 
 def jump_warning(frames: np.ndarray, factor: float = 8.0) -> None:
     """Warn when frame 1 breaks from the given frame 0 far more than later frames change: the image is outside

@@ -26,6 +26,7 @@ from vidiff.devices import randn, resolve_device, resolve_dtype
 from vidiff.diffusion.edm import EDMSchedule
 from vidiff.models.unet import UNet
 from vidiff.pipelines.inputs import load_frames
+from vidiff.pipelines.video import Video
 
 MODES = ("all", "autoregressive", "windows")
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -283,8 +284,6 @@ class SVDPipeline:
         the image itself as frame 0, so the video starts exactly at the input (SVD alone drifts from it).
         False samples exactly as diffusers' StableVideoDiffusionPipeline: the same seed gives its video.
         """
-        from vidiff.pipelines.pipeline import Video
-
         if prompt:
             warnings.warn("this SVD model has no text encoder: the prompt is ignored (the image alone conditions it)")
         if output_type not in ("video", "latent", "pt"):
