@@ -1,5 +1,6 @@
-"""vidiff against diffusers on the *same* community weights: AnimateDiff (UNetMotionModel) and
-ModelScope (UNet3DConditionModel) at one medium config, in one process, runs interleaved.
+"""vidiff against diffusers on the *same* community weights: AnimateDiff (UNetMotionModel),
+ModelScope (UNet3DConditionModel) and Stable Video Diffusion (UNetSpatioTemporalConditionModel) at one
+medium config, in one process, runs interleaved.
 
 Reports UNet forward time in fp32 and bf16, one 8-step pipeline run (CFG, output_type="latent")
 and the peak memory of one forward at 16 and 32 frames. Ratios > 1 mean vidiff is faster. Not a test.
@@ -28,7 +29,9 @@ ATTN = (True, True, False)
 
 def build():
     """{family: (diffusers UNet, vidiff UNet with the same weights, diffusers takes per-frame text)}."""
-    from diffusers import UNet3DConditionModel, UNetMotionModel
+    from diffusers import UNet3DConditionModel, UNetMotionModel, UNetSpatioTemporalConditionModel
+
+    from vidiff.loaders.svd import config_from_svd_unet, to_vidiff
 
     common = dict(block_out_channels=WIDTHS, layers_per_block=LAYERS, norm_num_groups=32, cross_attention_dim=CTX)
     down = [("CrossAttnDownBlock" if a else "DownBlock") for a in ATTN]
@@ -40,9 +43,15 @@ def build():
     unet3d = testing._perturbed(UNet3DConditionModel(
         down_block_types=[b + "3D" for b in down], up_block_types=[b + "3D" for b in up],
         attention_head_dim=WIDTHS[0] // HEADS, **common), 0.02)
+    svd = testing._perturbed(UNetSpatioTemporalConditionModel(
+        down_block_types=[b + "SpatioTemporal" for b in down], up_block_types=[b + "SpatioTemporal" for b in up],
+        num_attention_heads=HEADS, in_channels=8, block_out_channels=WIDTHS, layers_per_block=LAYERS,
+        cross_attention_dim=CTX), 0.02)
     return {
         "animatediff": (motion, load_weights(config_from_motion_unet(dict(motion.config)), motion.state_dict()).eval(), True),
         "modelscope": (unet3d, load_weights(config_from_unet3d(dict(unet3d.config)), unet3d.state_dict()).eval(), False),
+        "svd": (svd, load_weights(config_from_svd_unet(dict(svd.config)), to_vidiff(dict(svd.state_dict()))).eval(),
+                "svd"),
     }
 
 
@@ -51,6 +60,12 @@ def forward_fns(models, frames: int, dtype):
     t, ctx = torch.tensor([500]), torch.randn(1, 16, CTX, dtype=dtype)
     fns = {}
     for fam, (ref, ours, per_frame_ctx) in models.items():
+        if per_frame_ctx == "svd":                       # 8 input channels, one image token, added time ids
+            xs, c1, ids = torch.randn(1, 8, frames, SIZE, SIZE, dtype=dtype), ctx[:, :1], torch.tensor([[6.0, 127, 0.02]])
+            ts = torch.tensor([0.5])
+            fns[f"{fam} diffusers"] = lambda r=ref: r(xs.transpose(1, 2), ts, c1, ids.to(dtype)).sample
+            fns[f"{fam} vidiff"] = lambda o=ours: o(xs, ts, c1, added_time_ids=ids.to(dtype))
+            continue
         rctx = ctx.repeat_interleave(frames, 0) if per_frame_ctx else ctx
         fns[f"{fam} diffusers"] = lambda r=ref, c=rctx: r(x, t, c).sample
         fns[f"{fam} vidiff"] = lambda o=ours: o(x, t, ctx)
@@ -94,8 +109,10 @@ def pipeline_fns(models, steps: int = 8):
     parts = testing.tiny_sd_parts(cross_attention_dim=CTX)
     sched = testing.ddim_scheduler(timestep_spacing="linspace")
     lat = torch.randn(1, 4, FRAMES, SIZE, SIZE)
-    fns = {}
+    fns = _svd_pipeline_fns(models["svd"], steps)
     for fam, (ref, ours, _) in models.items():
+        if fam == "svd":
+            continue
         cls = diffusers.AnimateDiffPipeline if fam == "animatediff" else diffusers.TextToVideoSDPipeline
         extra = {"motion_adapter": None} if fam == "animatediff" else {}
         dp = cls(unet=ref, scheduler=sched, **parts, **extra)
@@ -111,6 +128,31 @@ def pipeline_fns(models, steps: int = 8):
         fns[f"{fam} vidiff"] = lambda vp=vp: vp("a red circle", negative_prompt="blue", latents=lat.clone(),
                                                 progress=False, **kw)
     return fns
+
+
+def _svd_pipeline_fns(svd, steps: int):
+    """One 8-step image-to-video run each side: guidance ramp 1 -> 3, same image and latents, latents out."""
+    import diffusers
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from vidiff.diffusion.edm import EDMSchedule
+    from vidiff.pipelines.svd import SVDPipeline
+
+    parts = testing.tiny_svd_parts()
+    torch.manual_seed(0)
+    enc = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, projection_dim=CTX, num_hidden_layers=2,
+                                                         num_attention_heads=4, image_size=SIZE * 2, patch_size=8,
+                                                         intermediate_size=37)).eval()
+    ref, ours, _ = svd
+    dp = diffusers.StableVideoDiffusionPipeline(unet=ref, vae=parts["vae"], image_encoder=enc,
+                                                scheduler=parts["scheduler"], feature_extractor=parts["feature_extractor"])
+    dp.set_progress_bar_config(disable=True)
+    vp = SVDPipeline(ours, parts["vae"], enc, EDMSchedule.from_config(dict(parts["scheduler"].config)))
+    img, lat = torch.rand(1, 3, SIZE * 2, SIZE * 2), torch.randn(1, FRAMES, 4, SIZE, SIZE)
+    kw = dict(num_inference_steps=steps, min_guidance_scale=1.0, height=SIZE * 2, width=SIZE * 2, output_type="latent")
+    return {"svd diffusers": lambda: dp(img, max_guidance_scale=3.0, latents=lat.clone(), num_frames=FRAMES, **kw).frames,
+            "svd vidiff": lambda: vp.animate(img, guidance_scale=3.0, latents=lat.transpose(1, 2).clone(),
+                                             keep_first_frame=False, seed=0, **kw)}
 
 
 def main():

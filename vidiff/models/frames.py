@@ -56,11 +56,13 @@ class FrameConv(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h: `b f n c` -> `b f n c'` (zero frames beyond both ends)."""
+    def forward(self, h: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """h: `b f n c` -> `b f n c'` (zero frames beyond both ends); `shift` (broadcast to the output, e.g. a
+        per-frame embedding `b f 1 c'`) is added with the bias, in the same pass."""
         w = self.weight[:, :, :, 0, 0].permute(2, 0, 1).reshape(-1, self.weight.shape[1])   # (3 c') c
         y = rearrange(F.linear(h, w.to(h.dtype)), "b f n (k c) -> k b f n c", k=3)
-        out = y[1] + self.bias.to(h.dtype)              # tap on frame t
+        bias = self.bias.to(h.dtype) if shift is None else self.bias.to(h.dtype) + shift.to(h.dtype)
+        out = y[1] + bias                               # tap on frame t
         out[:, 1:] += y[0, :, :-1]                      # tap on frame t-1
         out[:, :-1] += y[2, :, 1:]                      # tap on frame t+1
         return out

@@ -161,6 +161,12 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """x: `b n c`; context: `b m c'` or None for self-attention."""
+        if context is not None and context.shape[1] == 1:
+            # one key (SVD's image token): the softmax over it is exactly 1, so every query gets that token's
+            # value. Skips the query and key projections and the attention over all positions.
+            out = self.to_out[1](self.to_out[0](self.to_v(context)))
+            return out.expand(context.shape[0], x.shape[1], -1) if out.shape[0] == x.shape[0] else \
+                out.repeat_interleave(x.shape[0] // out.shape[0], 0).expand(-1, x.shape[1], -1)
         ctx = x if context is None else context
         q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))

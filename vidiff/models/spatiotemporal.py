@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from vidiff.models.layers import Attention, FeedForward, TimestepEmbedding, fuse_windows, timestep_embedding
+from vidiff.models.layers import (Attention, FeedForward, TimestepEmbedding, fuse_windows, residual_ff,
+                                  timestep_embedding)
 from vidiff.models.frames import FrameConv, _back, joint_group_norm
 
 
 class TimeMixer(nn.Module):
-    """The learned blend of SVD: `a * spatial + (1 - a) * temporal` (diffusers' AlphaBlender, learned_with_images)."""
+    """The learned blend factor of SVD's `a * spatial + (1 - a) * temporal` (diffusers' AlphaBlender,
+    learned_with_images); the layers apply it in their own fused form."""
 
     def __init__(self, merge_factor: float = 0.5):
         super().__init__()
@@ -38,10 +39,6 @@ class TimeMixer(nn.Module):
             a = torch.where(indicator.reshape(-1).bool(), torch.ones_like(a), a)
         return a.to(device=device, dtype=dtype)
 
-    def forward(self, spatial: torch.Tensor, temporal: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """Blend two `(b f) ...` tensors with per-row factors `alpha` `(b f)`."""
-        a = alpha.view(-1, *([1] * (spatial.ndim - 1)))
-        return torch.lerp(temporal, spatial, a)
 
 
 class TemporalResBlock(nn.Module):
@@ -63,11 +60,12 @@ class TemporalResBlock(nn.Module):
     def forward(self, x: torch.Tensor, f: int, temb: torch.Tensor, indicator: torch.Tensor | None = None):
         """x: `(b f) c h w` (the spatial ResBlock's output), temb `(b f) d` -> same."""
         bf, c, hh, ww = x.shape
-        h = self.conv1(F.silu(joint_group_norm(x, f, self.norm1)))                       # b f n c
-        h = h + self.time_emb_proj(F.silu(temb)).view(bf // f, f, 1, c).to(h.dtype)
+        emb = self.time_emb_proj(F.silu(temb)).view(bf // f, f, 1, c)                  # per frame
+        h = self.conv1(F.silu(joint_group_norm(x, f, self.norm1)), shift=emb)           # b f n c
         h = self.conv2(F.silu(joint_group_norm(_back(h, hh, ww), f, self.norm2)))
-        temporal = x + _back(h, hh, ww)
-        return self.time_mixer(x, temporal, self.time_mixer.alpha(indicator, bf // f, f, x.device, x.dtype))
+        # a x + (1 - a)(x + r) = x + (1 - a) r: the blend of the residual block in one pass
+        keep = 1 - self.time_mixer.alpha(indicator, bf // f, f, x.device, x.dtype)
+        return torch.addcmul(x, _back(h, hh, ww), keep.view(-1, 1, 1, 1))
 
 
 class TemporalBasicBlock(nn.Module):
@@ -87,12 +85,12 @@ class TemporalBasicBlock(nn.Module):
         """x: `b n f c`; context `b m d` (each clip's first-frame conditioning) -> `b n f c`."""
         b, n, f, c = x.shape
         h = x.reshape(b * n, f, c)
-        h = self.ff_in(self.norm_in(h)) + h
+        h = residual_ff(h, self.norm_in, self.ff_in)          # in token chunks without grad on CPU (same values)
         h = self.attn1(self.norm1(h)) + h
         # cross-attention is per query: all positions of a clip attend to its context in one call
         q = self.norm2(h).reshape(b, n * f, c)
         h = self.attn2(q, context).reshape(b * n, f, c) + h
-        h = self.ff(self.norm3(h)) + h
+        h = residual_ff(h, self.norm3, self.ff)
         return h.reshape(b, n, f, c)
 
 
@@ -119,13 +117,22 @@ class TemporalTransformer(nn.Module):
             ctx = context if context.shape[0] == b else context.reshape(b, f, *context.shape[1:])[:, 0]
             block = self.temporal_transformer_blocks[i]
 
-            def run(x):                 # x: (b n) f' c, one window of frames (positions start at 0)
-                pos = timestep_embedding(torch.arange(x.shape[1], device=h.device), c, True, 0).to(h.dtype)
-                x = x + self.time_pos_embed(pos)[None]
-                return block(x.reshape(b, n, *x.shape[1:]), ctx).reshape(b * n, *x.shape[1:])
+            def pos(length):            # the frame-index embedding of a window (positions start at 0)
+                emb = timestep_embedding(torch.arange(length, device=h.device), c, True, 0).to(h.dtype)
+                return self.time_pos_embed(emb)
 
-            x = rearrange(h, "(b f) n c -> (b n) f c", f=f)
-            out = run(x) if self.window is None else fuse_windows(x, run, *self.window)
-            temporal = rearrange(out, "(b n) f c -> (b f) n c", b=b)
-            return self.time_mixer(h, temporal, self.time_mixer.alpha(indicator, b, f, h.device, h.dtype))
+            alpha = self.time_mixer.alpha(indicator, b, f, h.device, h.dtype).view(b, f, 1, 1)
+            frames_last = h.view(b, f, n, c).permute(0, 2, 1, 3)                        # b n f c (a view)
+            if self.window is None:     # gather to frames-last and add the positions in one pass
+                x = torch.add(frames_last, pos(f).view(1, 1, f, c)).reshape(b * n, f, c)
+                out = block(x.view(b, n, f, c), ctx)
+            else:
+                def run(x):             # x: (b n) f' c, one window
+                    x = x + pos(x.shape[1])[None]
+                    return block(x.reshape(b, n, *x.shape[1:]), ctx).reshape(b * n, *x.shape[1:])
+
+                out = fuse_windows(frames_last.reshape(b * n, f, c), run, *self.window).view(b, n, f, c)
+            # blend straight into the frames-first layout: a * spatial + (1 - a) * temporal
+            blended = torch.lerp(out.permute(0, 2, 1, 3), h.view(b, f, n, c), alpha)
+            return blended.reshape(bf, n, c)
         return hook
