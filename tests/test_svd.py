@@ -105,7 +105,7 @@ def test_keep_first_frame_starts_at_the_image(pipes):
     assert video.frames.shape == (4, 32, 32, 3)
     assert np.array_equal(video.frames[0], img)
     lat = ours.animate(img, num_frames=4, num_inference_steps=2, seed=0, output_type="latent")
-    want = ours.encode_latents(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1)
+    want = ours.conditioning.latents(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1)
     assert torch.allclose(lat[:, :, 0], want)
 
 

@@ -54,7 +54,7 @@ def _load_pipeline(args: argparse.Namespace):
     pipe = VideoPipeline.from_pretrained(args.model, motion_adapter=args.motion_adapter, device=device,
                                          dtype=args.dtype, scheduler=scheduler_arg(args.scheduler),
                                          variant=args.variant, revision=args.revision)
-    if hasattr(pipe, "encode_condition"):          # Stable Video Diffusion: its own knobs (see _svd)
+    if hasattr(pipe, "conditioning"):          # Stable Video Diffusion: its own knobs (see _svd)
         for flag, bad in (("--lora", loras), ("--offload", args.offload), ("--vae-tiling", args.vae_tiling)):
             if bad:
                 raise UsageError(f"{flag} is not available for Stable Video Diffusion models (its temporal VAE has no "
@@ -239,7 +239,7 @@ def _generate(args: argparse.Namespace) -> None:
     if args.prompt is None and args.image is None:
         raise UsageError("give a PROMPT (or --image FILE for image-to-video, --prompts FILE for a batch)")
     pipe = _load_pipeline(args)
-    if hasattr(pipe, "encode_condition"):                       # Stable Video Diffusion
+    if hasattr(pipe, "conditioning"):                       # Stable Video Diffusion
         _svd(args, pipe)
         return
     args.prompt = args.prompt or ""

@@ -24,28 +24,12 @@ from einops import rearrange
 from vidiff.data.io import fit_frame
 from vidiff.devices import randn, resolve_device, resolve_dtype
 from vidiff.diffusion.edm import EDMSchedule
+from vidiff.models.image_conditioning import CLIP_MEAN, CLIP_STD, ImageConditioning
 from vidiff.models.unet import UNet
 from vidiff.pipelines.inputs import load_frames
 from vidiff.pipelines.video import Video
 
 MODES = ("all", "autoregressive", "windows")
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-
-
-def blur_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Anti-aliased downsizing of `b c h w` as SVD prepares its CLIP input: a Gaussian blur with
-    sigma = (scale - 1) / 2 per axis (odd kernel of about 4 sigma, reflected edges), then bicubic with aligned corners."""
-    h, w = x.shape[-2:]
-    for axis, (n, m) in enumerate(((h, size[0]), (w, size[1]))):
-        sigma = max((n / m - 1) / 2, 0.001)
-        k = int(max(4 * sigma, 3))
-        k += 1 - k % 2
-        t = torch.arange(k, dtype=x.dtype, device=x.device) - k // 2
-        g = torch.exp(-t ** 2 / (2 * sigma ** 2))
-        g = (g / g.sum()).view(1, 1, *((k, 1) if axis == 0 else (1, k))).expand(x.shape[1], 1, -1, -1)
-        pad = (0, 0, (k - 1) // 2, k // 2) if axis == 0 else ((k - 1) // 2, k // 2, 0, 0)
-        x = F.conv2d(F.pad(x, pad, mode="reflect"), g, groups=x.shape[1])
-    return F.interpolate(x, size=size, mode="bicubic", align_corners=True)
 
 
 def check_svd_args(num_frames, height, width, steps, guidance, min_guidance, fps, bucket, aug, mode, chunk, context,
@@ -76,13 +60,23 @@ class SVDPipeline:
                  image_std=CLIP_STD, defaults: dict | None = None):
         if not (unet.config.temporal and unet.config.temporal_family == "svd"):
             raise ValueError("SVDPipeline needs an svd-family UNet")
-        self.unet, self.vae, self.image_encoder, self.schedule = unet.eval(), vae.eval(), image_encoder.eval(), schedule
-        self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
-        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.unet, self.schedule = unet.eval(), schedule
+        self.conditioning = ImageConditioning(vae, image_encoder, image_mean, image_std)   # beside text: the image
+        self.factor = self.conditioning.factor
         self.defaults = {"height": 576, "width": 1024, "num_frames": 25, "fps": 7, "num_inference_steps": 25,
                          "guidance_scale": 3.0, "min_guidance_scale": 1.0, **(defaults or {})}
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.source = self.variant = None
+
+    @property
+    def vae(self):
+        """The temporal-decoder VAE (held by `conditioning`)."""
+        return self.conditioning.vae
+
+    @property
+    def image_encoder(self):
+        """The CLIP image encoder (held by `conditioning`)."""
+        return self.conditioning.image_encoder
 
     # ---- folders -----------------------------------------------------------------------------
     @classmethod
@@ -133,13 +127,14 @@ class SVDPipeline:
                       getattr(self, "unet_config", None))
         self.vae.save_pretrained(path / "vae", safe_serialization=True)
         self.image_encoder.save_pretrained(path / "image_encoder", safe_serialization=True)
+        mean, std = self.conditioning.image_mean, self.conditioning.image_std
         (path / "scheduler").mkdir(exist_ok=True)
         (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(self.schedule.to_config(), indent=2))
         (path / "feature_extractor").mkdir(exist_ok=True)
         size = int(self.image_encoder.config.image_size)
         (path / "feature_extractor" / "preprocessor_config.json").write_text(json.dumps({
-            "image_processor_type": "CLIPImageProcessor", "image_mean": list(self.image_mean),
-            "image_std": list(self.image_std), "size": {"shortest_edge": size},
+            "image_processor_type": "CLIPImageProcessor", "image_mean": list(mean),
+            "image_std": list(std), "size": {"shortest_edge": size},
             "crop_size": {"height": size, "width": size}, "do_normalize": True, "do_resize": True,
             "do_center_crop": True, "do_rescale": True, "rescale_factor": 1 / 255, "resample": 3}, indent=2))
         index = {"_class_name": "StableVideoDiffusionPipeline",
@@ -155,63 +150,14 @@ class SVDPipeline:
         """Move the parts; `dtype` applies to the UNet, and on CUDA to the image encoder and a VAE safe in it."""
         self.device = resolve_device(device) if device is not None else self.device
         self.dtype = resolve_dtype(dtype, self.device) if dtype is not None else self.dtype
-        half_ok = self.device.type == "cuda"
         self.unet.to(device=self.device, dtype=self.dtype)
-        self.image_encoder.to(device=self.device, dtype=self.dtype if half_ok else torch.float32)
-        upcast = bool(getattr(self.vae.config, "force_upcast", True))
-        vae_dtype = self.dtype if half_ok and not upcast else torch.float32
-        self.vae.to(device=self.device)
-        if next(self.vae.parameters()).dtype != vae_dtype:
-            self.vae.to(dtype=vae_dtype)
+        self.conditioning.to(self.device, self.dtype if self.device.type == "cuda" else torch.float32)
         return self
 
     @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this."""
         return self.factor * self.unet.config.downsample_factor
-
-    # ---- conditioning ------------------------------------------------------------------------
-    def encode_image(self, pixels: torch.Tensor, resize: bool = True) -> torch.Tensor:
-        """CLIP image embedding `(b, 1, d)` of `b 3 h w` pixels in [0, 1]; `resize` brings them to the encoder's
-        size as SVD does (diffusers skips it for tensor inputs, so parity with a tensor image needs False; a tensor not
-        at the encoder's size is resized all the same)."""
-        x = pixels.to(self.device, torch.float32)
-        size = int(self.image_encoder.config.image_size)
-        if resize or tuple(x.shape[-2:]) != (size, size):
-            x = (blur_resize(x * 2 - 1, (size, size)) + 1) / 2
-        mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
-        x = ((x - mean) / std).to(next(self.image_encoder.parameters()).dtype)
-        with torch.no_grad():
-            return self.image_encoder(x).image_embeds[:, None]
-
-    def encode_condition(self, image: torch.Tensor, aug: float, generator) -> torch.Tensor:
-        """The conditioning latents `b 4 h w` of `b 3 h w` pixels in [-1, 1] after noise augmentation (the mode of the
-        VAE's posterior, not scaled, as SVD was trained). Draws the augmentation noise first, as diffusers does."""
-        noise = randn(image.shape, generator, image.device, image.dtype)
-        image = image + aug * noise
-        vae_dtype = next(self.vae.parameters()).dtype
-        with torch.no_grad():
-            return self.vae.encode(image.to(vae_dtype)).latent_dist.mode().float()
-
-    def encode_latents(self, image: torch.Tensor) -> torch.Tensor:
-        """`b 3 h w` pixels in [-1, 1] -> the latents a video frame of them has (`b 4 h w`, scaled)."""
-        vae_dtype = next(self.vae.parameters()).dtype
-        with torch.no_grad():
-            z = self.vae.encode(image.to(vae_dtype)).latent_dist.mode().float()
-        return z * float(self.vae.config.scaling_factor)
-
-    def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-        """`b 4 f h w` latents -> `b 3 f H W` pixels in [-1, 1], `chunk` frames per VAE call (its temporal layers
-        see one chunk: fewer is less memory, at some cost to smoothness across chunk edges)."""
-        b, _, f = latents.shape[:3]
-        chunk = chunk or f
-        z = rearrange(latents, "b c f h w -> (b f) c h w") / float(self.vae.config.scaling_factor)
-        vae_dtype = next(self.vae.parameters()).dtype
-        with torch.no_grad():
-            out = torch.cat([self.vae.decode(z[i:i + chunk].to(vae_dtype), num_frames=len(z[i:i + chunk])).sample
-                             for i in range(0, len(z), chunk)])
-        return rearrange(out.float(), "(b f) c h w -> b c f h w", b=b)
 
     # ---- sampling ----------------------------------------------------------------------------
     def sample(self, embeds: torch.Tensor, cond: torch.Tensor, ids: torch.Tensor, num_frames: int, steps: int,
@@ -295,8 +241,8 @@ class SVDPipeline:
         height, width = pixels.shape[-2:]
         if latents is not None:
             latents = torch.as_tensor(latents)
-            if latents.ndim != 5 or latents.shape[1] != self.vae.config.latent_channels:
-                raise ValueError(f"latents must be (b, {self.vae.config.latent_channels}, f, h/{self.factor}, "
+            if latents.ndim != 5 or latents.shape[1] != self.conditioning.channels:
+                raise ValueError(f"latents must be (b, {self.conditioning.channels}, f, h/{self.factor}, "
                                  f"w/{self.factor}), got {tuple(latents.shape)}")
             num_frames = latents.shape[2]
         num_frames = int(num_frames or d["num_frames"])
@@ -310,20 +256,21 @@ class SVDPipeline:
         if seed is None and generator is None:
             seed = int(torch.randint(0, 2 ** 31, ()).item())
         g = generator or torch.Generator(device="cpu").manual_seed(seed)
-        embeds = self.encode_image(pixels, resize_clip)
-        ids = torch.tensor([[fps - 1, float(motion_bucket_id), float(noise_aug_strength)]], device=self.device)
+        cond = self.conditioning
+        embeds = cond.embed(pixels, resize_clip)
+        ids = cond.time_ids(fps, motion_bucket_id, noise_aug_strength, self.device)
         run = dict(steps=steps, min_guidance=min_guidance, guidance=guidance, generator=g)
         image_m11 = pixels.to(self.device) * 2 - 1
-        first = self.encode_latents(image_m11)[:, :, None] if keep_first_frame else None
+        first = cond.latents(image_m11)[:, :, None] if keep_first_frame else None
         if mode == "autoregressive" and num_frames > chunk:
             out, frames = self._autoregressive(image_m11, embeds, ids, num_frames, chunk, context, noise_aug_strength,
                                                decode_chunk_size, run, first)
         else:
-            cond = self.encode_condition(image_m11, noise_aug_strength, g)
+            image_latents = cond.condition(image_m11, noise_aug_strength, g)
             windows = self.unet.temporal_windows(chunk, stride) if mode == "windows" and num_frames > chunk else None
             with windows or contextlib.nullcontext():
-                out = self.sample(embeds, cond, ids, num_frames, latents=latents, known=first, **run)
-            frames = None if output_type == "latent" else self.decode(out, decode_chunk_size)
+                out = self.sample(embeds, image_latents, ids, num_frames, latents=latents, known=first, **run)
+            frames = None if output_type == "latent" else cond.decode(out, decode_chunk_size)
         if keep_first_frame and frames is not None:
             frames[:, :, 0] = image_m11 if frames.dtype != torch.uint8 else _uint8(image_m11)
         if output_type == "latent":
@@ -367,9 +314,9 @@ class SVDPipeline:
         while made < num_frames:
             new = min(num_frames - made, chunk if known is None else chunk - context)
             size = new if known is None else context + new
-            cond = self.encode_condition(cond_image, aug, run["generator"])
+            cond = self.conditioning.condition(cond_image, aug, run["generator"])
             lat = self.sample(embeds, cond, ids, size, known=first if known is None else known, **run)
-            frames = self.decode(lat, decode_chunk)
+            frames = self.conditioning.decode(lat, decode_chunk)
             skip = 0 if known is None else context
             parts.append(lat[:, :, skip:].cpu())
             pixels.append(_uint8(frames[:, :, skip:]).cpu())          # a long video is kept as uint8

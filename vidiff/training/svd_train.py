@@ -48,31 +48,13 @@ class PixelsThrough:
 
 
 def svd_models(init: Path):
-    """(unet, frozen SVDPipeline parts standing for the text encoder, EDM schedule, codec) of an SVD folder."""
+    """(unet, its frozen image conditioning standing for the text encoder, EDM schedule, codec) of an SVD folder."""
     from vidiff.pipelines.svd import SVDPipeline
 
     pipe = SVDPipeline.from_pretrained(init, device="cpu", dtype="float32")
-    for module in (pipe.vae, pipe.image_encoder):
-        module.requires_grad_(False)
-    return pipe.unet.train(), Conditioner(pipe), pipe.schedule, PixelsThrough(pipe.factor)
-
-
-class Conditioner:
-    """The frozen SVD parts (VAE, CLIP image encoder), where the training loop keeps a text encoder."""
-
-    def __init__(self, pipe):
-        self.pipe, self.dim = pipe, pipe.unet.config.cross_attention_dim
-
-    def to(self, device=None, dtype=None) -> "Conditioner":
-        """Move the frozen parts (they run in float32)."""
-        self.pipe.device = torch.device(device) if device is not None else self.pipe.device
-        self.pipe.vae.to(self.pipe.device)
-        self.pipe.image_encoder.to(self.pipe.device)
-        return self
-
-    def __call__(self, captions, warn_unknown=False):
-        """SVD has no text: captions are not used."""
-        return None
+    pipe.conditioning.requires_grad_(False)
+    pipe.conditioning.pipe = pipe                  # what the result folder is written with
+    return pipe.unet.train(), pipe.conditioning, pipe.schedule, PixelsThrough(pipe.factor)
 
 
 def svd_draw(x: torch.Tensor, schedule: EDMSchedule, factor: int, g: torch.Generator, dropout: float):
@@ -89,31 +71,29 @@ def svd_draw(x: torch.Tensor, schedule: EDMSchedule, factor: int, g: torch.Gener
 class SVDObjective(nn.Module):
     """SVD's training loss as one module (the UNet is its only trainable part)."""
 
-    def __init__(self, unet, conditioner: Conditioner, schedule: EDMSchedule, fps: float = 7.0,
-                 motion_bucket: float = 127.0):
+    def __init__(self, unet, conditioning, schedule: EDMSchedule, fps: float = 7.0, motion_bucket: float = 127.0):
         super().__init__()
         self.unet, self.schedule = unet, schedule
-        self._cond = conditioner                       # not a submodule: frozen, never wrapped or saved
+        self._cond = conditioning                      # not a submodule: frozen, never wrapped or saved
         self.fps, self.bucket = fps, motion_bucket
 
     def forward(self, video: tuple, images=None) -> torch.Tensor:
         """video = (pixels `b 3 f h w` in [-1, 1], sigma, noise, aug, aug_noise, drop)."""
         x, sigma, noise, aug, aug_noise, drop = video
-        pipe, dev = self._cond.pipe, self.unet.conv_in.weight.device
+        cond, dev = self._cond, self.unet.conv_in.weight.device
         b, _, f = x.shape[:3]
         with torch.no_grad():
-            frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, *x.shape[1:2], *x.shape[3:])
-            x0 = pipe.encode_latents(frames).reshape(b, f, 4, *noise.shape[-2:]).permute(0, 2, 1, 3, 4)
+            x0 = cond.latents(x.transpose(1, 2).flatten(0, 1))                            # (b f) 4 h w
+            x0 = x0.reshape(b, f, *x0.shape[1:]).transpose(1, 2)
             first = x[:, :, 0]
-            cond = torch.cat([pipe.vae.encode(first[i:i + 1] + aug[i] * aug_noise[i:i + 1]).latent_dist.mode()
-                              for i in range(b)]).float()
-            embeds = pipe.encode_image((first + 1) / 2)
+            image = cond.condition(first, aug, noise=aug_noise)
+            embeds = cond.embed((first + 1) / 2)
             keep = (~drop).float().to(dev)
-            cond, embeds = cond * keep.view(-1, 1, 1, 1), embeds * keep.view(-1, 1, 1)
+            image, embeds = image * keep.view(-1, 1, 1, 1), embeds * keep.view(-1, 1, 1)
         s = sigma.view(-1, 1, 1, 1, 1)
         noisy = x0 + s * noise
-        inp = torch.cat([noisy * self.schedule.c_in(s), cond[:, :, None].expand(-1, -1, f, -1, -1)], dim=1)
-        ids = torch.stack([torch.full_like(aug, self.fps - 1), torch.full_like(aug, self.bucket), aug], 1)
+        inp = torch.cat([noisy * self.schedule.c_in(s), image[:, :, None].expand(-1, -1, f, -1, -1)], dim=1)
+        ids = cond.time_ids(self.fps, self.bucket, aug, dev)
         dtype = self.unet.conv_in.weight.dtype
         v = self.unet(inp.to(dtype), self.schedule.c_noise(sigma), embeds.to(dtype), added_time_ids=ids.to(dtype))
         return F.mse_loss(v.float(), self.schedule.v_target(x0, noise, sigma).float())
@@ -126,13 +106,13 @@ def svd_batch(batches, g: torch.Generator, schedule: EDMSchedule, factor: int, d
     return (x.to(device), *(p.to(device) for p in parts)), None, keys, bad
 
 
-def save_svd_result(net, ema: dict, conditioner: Conditioner, dest: Path) -> None:
+def save_svd_result(net, ema: dict, conditioning, dest: Path) -> None:
     """The fine-tuned model (EMA weights) as a diffusers StableVideoDiffusionPipeline folder."""
     import copy
 
     from vidiff.data.io import write_folder_atomically
 
-    pipe = copy.copy(conditioner.pipe)
+    pipe = copy.copy(conditioning.pipe)
     final = copy.deepcopy(net).cpu()
     final.load_state_dict({**final.state_dict(), **{k: v.cpu() for k, v in ema.items()}})
     final.config.gradient_checkpointing = False
