@@ -172,6 +172,10 @@ def test_cli_generate_image_to_video(svd_folder, tmp_path, capsys):
     frames, fps = read_video(tmp_path / "out.mp4")
     assert frames.shape == (8, 32, 32, 3) and fps == 7
     assert np.abs(frames[0].astype(int) - img).mean() < 4           # frame 0 is the image (up to H.264)
+    code, _, err = run_cli(capsys, "generate", "--image", tmp_path / "x.png", "--model", svd_folder, "--frames", "8",
+                           "--steps", "2", "--seed", "0", "--no-keep-first-frame", "-o", tmp_path / "free.mp4")
+    assert code == 0, err
+    assert np.abs(read_video(tmp_path / "free.mp4")[0][0].astype(int) - img).mean() > 10   # a random model's frame 0
     bad = [(["generate", "a cat", "--model", str(svd_folder)], "--image PATH"),
            (["generate", "--image", str(tmp_path / "x.png"), "--model", str(svd_folder), "--motion-bucket", "-1"],
             "--motion-bucket must be >= 0"),

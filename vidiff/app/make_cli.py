@@ -118,7 +118,8 @@ def _svd(args: argparse.Namespace, pipe) -> None:
                          motion_bucket_id=127 if args.motion_bucket is None else args.motion_bucket,
                          noise_aug_strength=0.02 if args.noise_aug is None else args.noise_aug,
                          decode_chunk_size=args.decode_chunk, seed=args.seed, mode=args.mode,
-                         chunk=args.chunk, context=1 if args.context is None else args.context, resize=resize)
+                         chunk=args.chunk, context=1 if args.context is None else args.context, resize=resize,
+                         keep_first_frame=args.keep_first_frame)
     _save(args, video, time.perf_counter() - t0)
 
 
@@ -400,6 +401,8 @@ def make_parsers(sub) -> None:
                      help="SVD: noise added to the image before encoding (default 0.02; more lets the video drift from it)")
     gen.add_argument("--min-guidance", type=float, default=None,
                      help="SVD: guidance at frame 0, rising to --guidance at the last frame (default the model's, 1.0)")
+    gen.add_argument("--keep-first-frame", action=argparse.BooleanOptionalAction, default=True,
+                     help="SVD: frame 0 is the image itself, held while sampling (default on; off: diffusers' sampling)")
     gen.add_argument("--first-frame-first", action=argparse.BooleanOptionalAction, default=None,
                      help="text-to-video as frame 0 first, then image-to-video from it "
                           "(default: the model's setting; shapes-64: on)")
