@@ -200,10 +200,19 @@ def sample_windows(runner, shape, known, length: int, stride: int, weighting: st
 
 
 def sample_plan(runner, mode: str, shape, known, run: dict, chunk: int, context: int, stride: int, weighting: str,
-                noise_type: str, noise=None):
+                noise_type: str, noise=None, free_init=None):
     """(latents, seams) of a whole video by plan `mode`: all frames in one window, overlapping windows fused
     every step (`windows`), or windows one after another (`autoregressive`). `run` holds `sample_window`'s
-    arguments; seams is None for one window."""
+    arguments; seams is None for one window. `free_init` (options or iterations) repeats the one-window plan
+    as FreeInit does (`vidiff/diffusion/free_init.py`)."""
+    if free_init is not None:
+        from vidiff.diffusion.free_init import sample_free_init
+
+        if (mode != "all" and chunk < shape[2]) or run.get("init") is not None:
+            raise ValueError("free_init works on one window (mode 'all'), without an input video")
+        return sample_free_init(lambda z, n: sample_window(runner, shape, known, noise=z, **{**run, "steps": n}),
+                                runner.schedule, shape, run["generator"], runner.device, run["steps"], free_init,
+                                noise), None
     if mode == "all" or chunk >= shape[2]:
         return sample_window(runner, shape, known, noise=noise, **run), None
     seams: list = []

@@ -165,7 +165,8 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
                  first_frame_first: bool | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "video", stride: int = 4, weighting: str = "pyramid",
                  noise_type: str = "shuffle_context", partitions: int = 2, lookahead: bool = True,
-                 init_video: np.ndarray | None = None, strength: float = 1.0, decode_chunk_size: int | None = None):
+                 init_video: np.ndarray | None = None, strength: float = 1.0, decode_chunk_size: int | None = None,
+                 free_init: dict | int | None = None):
         """Generate a video (or an image when num_frames=1). `given` maps frame index -> image.
 
         `prompt` (and `negative_prompt`) may be {frame: text}: prompt travel, the text states blended
@@ -187,6 +188,9 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
 
         `init_video` (`f h w 3` uint8 at the output size) with `strength` is video-to-video; see
         `video_to_video`, which also reads, resizes and keeps the frame rate of its input.
+
+        `free_init` (a number of iterations, or {"iterations", "method", "order", "spatial", "temporal", "fast"})
+        samples that many times, each pass starting from the last one's low frequencies (FreeInit; mode "all").
 
         `decode_chunk_size` sets how many frames the VAE decodes at once (default: the codec's, 8; fewer
         is less memory, as diffusers' argument of that name).
@@ -216,8 +220,8 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         if first_frame_first is None:
             first_frame_first = bool(self.defaults.get("first_frame_first", False))
         if mode == "fifo":
-            if given or latents is not None or output_type != "video" or b > 1:
-                raise ValueError("fifo mode makes one video from text: no given frames, latents or latent output")
+            if given or latents is not None or output_type != "video" or b > 1 or free_init is not None:
+                raise ValueError("fifo mode makes one video from text: no given frames, latents, latent output or free_init")
             first_frame_first = False
         if first_frame_first and not self.unet.config.frame_conditioning:
             raise ValueError("first_frame_first=True needs a model with frame_conditioning (image-to-video); "
@@ -247,7 +251,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
             out = init
         else:
             out, seams = sample_plan(runner, mode, shape, known, run, chunk=chunk, context=context, stride=stride,
-                                     weighting=weighting, noise_type=noise_type, noise=latents)
+                                     weighting=weighting, noise_type=noise_type, noise=latents, free_init=free_init)
         if output_type == "latent" and mode != "fifo":
             return out
         settings = self._settings(locals(), init is not None, seams)
@@ -269,7 +273,8 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
                 **({k: call[k] for k in ("stride", "weighting", "noise_type")} if call["mode"] == "windows" else {}),
                 "first_frame_first": bool(call["first_frame_first"]), "given_frames": sorted(call["given"] or {}),
                 "vidiff": getattr(vidiff, "__version__", None), "seams": seams,
-                **({"strength": call["strength"]} if edited else {}), **self.recipe()}
+                **({"strength": call["strength"]} if edited else {}),
+                **({"free_init": call["free_init"]} if call.get("free_init") is not None else {}), **self.recipe()}
 
     def runner(self, decode_chunk_size: int | None = None) -> Runner:
         """The model as the sampling plans see it: a function in float32 out, the schedule, the device, and the
