@@ -1,4 +1,4 @@
-"""Steering a video (issue 29): FreeInit so far, with diffusers' AnimateDiffPipeline as the oracle."""
+"""Steering a video (issue 29): FreeInit (diffusers' AnimateDiffPipeline as the oracle) and looping windows."""
 
 from __future__ import annotations
 
@@ -72,3 +72,58 @@ def test_free_init_cli(animatediff, tmp_path, capsys):
     code, _, err = run_cli(capsys, "generate", "a red circle", "--model", folder, "--frames", "4", "--free-init", "2",
                            "--mode", "windows", "-o", tmp_path / "bad.mp4")
     assert code == 2 and "--free-init N needs" in err[-1] and not (tmp_path / "bad.mp4").exists()
+
+
+def test_loop_windows_wrap_and_weigh_every_frame_alike():
+    """With loop, windows start every `stride` frames all the way round; identity per window gives x back, and a
+    window function that sees the wrap (frames 14, 15, 0, 1 together) is called."""
+    from vidiff.models.layers import fuse_windows
+
+    x = torch.randn(2, 16, 3)
+    assert torch.allclose(fuse_windows(x, lambda w: w, 4, 2, "pyramid", loop=True), x, atol=1e-6)
+    seen = []
+    fuse_windows(x, lambda w: seen.append(w[0, :, 0].clone()) or w, 4, 2, "flat", loop=True)
+    assert len(seen) == 8 and torch.equal(seen[-1], x[0, [14, 15, 0, 1], 0])
+
+
+def test_circular_frame_convolutions_wrap():
+    """In a looping video the temporal convolutions see frame 0 and the last frame as neighbours."""
+    import torch.nn.functional as F
+
+    from vidiff.models.frames import FrameConv
+    from vidiff.models.layers import TemporalConv
+
+    fc = FrameConv(8, 8)
+    h = torch.randn(2, 6, 5, 8)                                       # b f n c
+    fc.circular = True
+    ref = F.conv1d(F.pad(h.permute(0, 2, 3, 1).reshape(10, 8, 6), (1, 1), mode="circular"), fc.weight[..., 0, 0],
+                   fc.bias).reshape(2, 5, 8, 6).permute(0, 3, 1, 2)
+    assert torch.allclose(fc(h), ref, atol=1e-5)
+    tc = TemporalConv(8, 4)
+    torch.nn.init.normal_(tc.conv.weight)
+    x = torch.randn(12, 8, 3, 3)                                      # (b f) c h w, f = 6
+    rolled = torch.roll(x.view(2, 6, 8, 3, 3), 2, dims=1).reshape(12, 8, 3, 3)
+    tc.circular = True
+    out = tc(x, 6)
+    assert torch.allclose(torch.roll(out.view(2, 6, 8, 3, 3), 2, 1).reshape(12, 8, 3, 3), tc(rolled, 6), atol=1e-5)
+    tc.circular = False
+    assert not torch.allclose(tc(x, 6), out)
+
+
+def test_loop_needs_windows_and_joins_the_ends(animatediff, tmp_path, capsys):
+    from vidiff import testing
+    from vidiff.evaluation.bench import consistency
+    from vidiff.pipelines.pipeline import VideoPipeline
+
+    pipe = VideoPipeline.from_pretrained(testing.tiny_model(tmp_path / "m"), device="cpu")
+    with pytest.raises(ValueError, match="loop=True works with mode 'windows'"):
+        pipe("a red circle", num_frames=8, loop=True, num_inference_steps=1, seed=0, progress=False)
+    kw = dict(num_frames=12, mode="windows", chunk=4, stride=2, num_inference_steps=2, seed=0, progress=False)
+    looped, plain = pipe("a red circle", loop=True, **kw), pipe("a red circle", **kw)
+    assert looped.settings["loop"] is True and not torch.equal(torch.from_numpy(looped.frames),
+                                                               torch.from_numpy(plain.frames))
+    record = consistency(looped, loop=True)
+    assert record["frames"] == 13 and record["seams"]["given"] == [12]
+    code, _, err = run_cli(capsys, "generate", "a red circle", "--model", animatediff[0], "--frames", "4", "--loop",
+                           "-o", tmp_path / "bad.mp4")
+    assert code == 2 and "--loop makes a looping video with --mode windows" in err[-1]

@@ -54,7 +54,7 @@ def _bench_consistency(args: argparse.Namespace) -> int:
         videos += [str(p) for p in videos_in(v)] if os.path.isdir(v) and videos_in(v) else [v]
     records, errors = score_shared(videos, lambda video: consistency(
         video, reference=reference, fps=args.fps, analysis_fps=args.analysis_fps, flow=args.flow,
-        clip_model=args.clip_model, seams=seams))
+        clip_model=args.clip_model, seams=seams, loop=args.loop))
     if not process_state().is_main_process:
         return 2 if errors else 0
     for e in errors:
@@ -124,6 +124,8 @@ def bench_parsers(sub) -> None:
     cons.add_argument("--plot", default=None, help="write the per-pair curves to this .png")
     cons.add_argument("--reference", default=None, help="reference video for TecoGAN's tOF")
     cons.add_argument("--clip-model", default=None, help="local transformers CLIP folder: CLIP frame consistency")
+    cons.add_argument("--loop", action="store_true",
+                      help="a looping video: score the wrap pair (last frame -> frame 0) as its seam")
     cons.add_argument("--seams", default=None, help="frames where new windows start, e.g. 16,32 (default: what a "
                       "vidiff video records; else the most outlying pair)")
     cons.add_argument("--analysis-fps", type=float, default=8.0, help="frame rate the flow metrics run at (default 8)")

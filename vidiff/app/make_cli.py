@@ -254,12 +254,14 @@ def _generate(args: argparse.Namespace) -> None:
         _video_to_video(args, pipe, prompt)
         return
     if args.image is None:
+        if args.loop and args.mode != "windows":
+            raise UsageError(f"--loop makes a looping video with --mode windows, got --mode {args.mode}")
         if args.free_init is not None and (args.free_init < 1 or args.mode != "all"):
             raise UsageError(f"--free-init N needs N >= 1 and --mode all, got N={args.free_init}, mode {args.mode}")
         _run(args, pipe, frames, height, width, lambda kw: pipe(
             prompt, num_frames=frames, mode=args.mode, chunk=args.chunk, context=args.context, stride=args.stride,
             weighting=args.weighting, noise_type=args.noise_type, partitions=args.partitions, lookahead=args.lookahead,
-            first_frame_first=args.first_frame_first, free_init=args.free_init, **kw))
+            first_frame_first=args.first_frame_first, free_init=args.free_init, loop=args.loop, **kw))
         return
     first = _read_frames("--image", args.image)[0]
     _run(args, pipe, frames, height, width, lambda kw: pipe.animate(
@@ -397,6 +399,8 @@ def make_parsers(sub) -> None:
                      help="with --video: how far the input is noised, 0 (kept) .. 1 (redrawn); default 0.6")
     gen.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"],
                      help="fit --image / --video to the output size (default crop: cover, then centre crop)")
+    gen.add_argument("--loop", action="store_true",
+                     help="with --mode windows: a looping video (windows and temporal convolutions wrap round)")
     gen.add_argument("--free-init", type=int, default=None, metavar="N",
                      help="FreeInit: sample N times, each pass from the last one's low frequencies (butterworth, "
                           "stop 0.25/0.25; mode all); N times the time, steadier motion")

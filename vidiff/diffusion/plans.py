@@ -30,13 +30,15 @@ class Runner:
     frame_conditioning: bool = False   # given frames enter as cond / cond_mask inputs (else: replacement)
     min_frames: int = 1                # the shortest window the model's temporal layers learned
     step_noise: Callable | None = None  # how samplers lay out step noise, when not `b c f h w` (`randn(x, g)`)
-    windows: Callable | None = None    # windows(length, stride, weighting): a context in which temporal
-                                       # attention runs on overlapping windows (FreeNoise)
+    windows: Callable | None = None    # windows(length, stride, weighting, loop=False): a context in which temporal
+                                       # attention runs on overlapping windows (FreeNoise; wrapping with loop)
     decode: Callable | None = None     # latents -> `f h w 3` uint8 frames (fifo streams frames out)
 
-    def temporal_windows(self, length: int, stride: int, weighting: str):
-        """The model's windowed-attention context (a no-op for a model without temporal layers)."""
-        return self.windows(length, stride, weighting) if self.windows else contextlib.nullcontext()
+    def temporal_windows(self, length: int, stride: int, weighting: str, loop: bool = False):
+        """The model's windowed-attention context (a no-op for a model without temporal layers); `loop` wraps it."""
+        if not self.windows:
+            return contextlib.nullcontext()
+        return self.windows(length, stride, weighting, loop=True) if loop else self.windows(length, stride, weighting)
 
 
 def sample_window(runner, shape, known, ctx, steps, guidance, sampler, eta, generator, progress, offset=0,
@@ -181,7 +183,7 @@ def freenoise_noise(shape, generator, length: int, stride: int, noise_type: str 
 
 
 def sample_windows(runner, shape, known, length: int, stride: int, weighting: str, noise_type: str, noise=None,
-                   seams: list | None = None, **run):
+                   seams: list | None = None, loop: bool = False, **run):
     """All frames denoised together; temporal attention in overlapping windows fused every step (FreeNoise).
 
     `seams`, when a list, receives where each window after the first starts (its frames overlap the
@@ -195,12 +197,14 @@ def sample_windows(runner, shape, known, length: int, stride: int, weighting: st
         if not starts or starts[-1] + length < f:
             starts.append(f - length)
         seams.extend(starts)
-    with runner.temporal_windows(length, stride, weighting):
+    if loop:                                   # wrapping windows have no first or last: no seams to list
+        seams = None
+    with runner.temporal_windows(length, stride, weighting, loop=loop):
         return sample_window(runner, shape, known, noise=noise, **run)
 
 
 def sample_plan(runner, mode: str, shape, known, run: dict, chunk: int, context: int, stride: int, weighting: str,
-                noise_type: str, noise=None, free_init=None):
+                noise_type: str, noise=None, free_init=None, loop: bool = False):
     """(latents, seams) of a whole video by plan `mode`: all frames in one window, overlapping windows fused
     every step (`windows`), or windows one after another (`autoregressive`). `run` holds `sample_window`'s
     arguments; seams is None for one window. `free_init` (options or iterations) repeats the one-window plan
@@ -213,6 +217,11 @@ def sample_plan(runner, mode: str, shape, known, run: dict, chunk: int, context:
         return sample_free_init(lambda z, n: sample_window(runner, shape, known, noise=z, **{**run, "steps": n}),
                                 runner.schedule, shape, run["generator"], runner.device, run["steps"], free_init,
                                 noise), None
+    if loop:                                   # a looping video: windows (and temporal convolutions) wrap round
+        if mode != "windows":
+            raise ValueError(f"loop=True works with mode 'windows', got mode {mode!r}")
+        return sample_windows(runner, shape, known, chunk, stride, weighting, noise_type, noise, None, loop=True,
+                              **run), None
     if mode == "all" or chunk >= shape[2]:
         return sample_window(runner, shape, known, noise=noise, **run), None
     seams: list = []

@@ -134,10 +134,11 @@ def seams_report(frames, interval: int, warp_pairs, seams=None, clip_embeddings=
 
 
 def consistency(video, reference=None, fps: float | None = None, analysis_fps: float = 8.0,
-                flow: str = "dis", clip_model: str | os.PathLike | None = None, seams=None) -> dict:
+                flow: str = "dis", clip_model: str | os.PathLike | None = None, seams=None, loop: bool = False) -> dict:
     """Score one video (path, `Video` or `f h w 3` uint8) into a record matching `REPORT_SCHEMA`.
 
-    `seams` (frame indices where a new window starts) default to those a `Video` records.
+    `seams` (frame indices where a new window starts) default to those a `Video` records. `loop` scores a looping
+    video: frame 0 is appended after the last and that wrap pair is the one seam.
     """
     if seams is None:          # a Video knows its windows
         seams = getattr(video, "seams", None)
@@ -158,6 +159,9 @@ def consistency(video, reference=None, fps: float | None = None, analysis_fps: f
             seams = None
     if seams is not None:
         seams = [int(s) for s in seams]
+    if loop:                   # the wrap pair (last -> first) is the seam a looping video may show
+        frames, seams = np.concatenate([frames, frames[:1]]), [f]
+        f += 1
     sampled, interval = M.sample_frames(frames, fps, analysis_fps)
     fw, bw = M.flows(sampled, flow)
     motion = M.motion_magnitude(fw)

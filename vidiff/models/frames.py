@@ -51,6 +51,7 @@ class FrameConv(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(cout, cin, 3, 1, 1))
         self.bias = nn.Parameter(torch.empty(cout))
+        self.circular = False                           # a looping video: frame 0 and the last frame are neighbours
         bound = 1 / math.sqrt(cin * 3)                  # Conv3d's default init
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
@@ -65,6 +66,8 @@ class FrameConv(nn.Module):
         x = h.permute(0, 3, 1, 2)                                             # b c f n (channels-last view)
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
-        y = F.conv2d(x, self.weight[..., 0].to(h.dtype), self.bias.to(h.dtype), padding=(1, 0))
+        if self.circular:                                                     # a looping video: the ends wrap
+            x = torch.cat([x[:, :, -1:], x, x[:, :, :1]], dim=2).contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, self.weight[..., 0].to(h.dtype), self.bias.to(h.dtype), padding=(0 if self.circular else 1, 0))
         out = y.permute(0, 2, 3, 1)                                           # b f n c' (contiguous)
         return out if shift is None else out.add_(shift.to(out.dtype))

@@ -325,6 +325,7 @@ class TemporalConv(nn.Module):
         self.conv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
         self.bias = nn.Parameter(torch.zeros(channels))
         nn.init.zeros_(self.conv.weight)
+        self.circular = False          # a looping video: frame 0 and the last frame are neighbours
 
     def forward(self, x: torch.Tensor, f: int) -> torch.Tensor:
         """x: `(b f) c h w` -> same."""
@@ -333,6 +334,9 @@ class TemporalConv(nn.Module):
         out = y[:, :, 1] + self.bias.view(-1, 1, 1).to(y.dtype)   # b f c h w, tap on frame f
         out[:, 1:] += y[:, :-1, 0]                                # tap on frame f-1
         out[:, :-1] += y[:, 1:, 2]                                # tap on frame f+1
+        if self.circular:                                         # the ends wrap round
+            out[:, 0] += y[:, -1, 0]
+            out[:, -1] += y[:, 0, 2]
         return x + rearrange(out, "b f c h w -> (b f) c h w")
 
     @torch.no_grad()
@@ -374,16 +378,27 @@ def window_weights(length: int, scheme: str = "pyramid") -> list[float]:
     raise ValueError(f"window weighting must be one of {WEIGHTINGS}, got {scheme!r}")
 
 
-def fuse_windows(x: torch.Tensor, fn, length: int, stride: int, scheme: str = "pyramid") -> torch.Tensor:
+def fuse_windows(x: torch.Tensor, fn, length: int, stride: int, scheme: str = "pyramid",
+                 loop: bool = False) -> torch.Tensor:
     """Apply `fn` to overlapping frame windows of `x` (`n f c`) and average the outputs with `window_weights`.
 
     Windows start every `stride` frames; when they do not reach the end, one more window is aligned
     to it and only its new frames count. This is diffusers' FreeNoise fusion, including its quirk that
-    those last frames are counted with one frame's weight.
+    those last frames are counted with one frame's weight. With `loop`, windows start every `stride` frames all
+    the way round and wrap from the last frames to the first (a looping video: the last frame's neighbour is frame 0).
     """
     f = x.shape[1]
     if f <= length:
         return fn(x)
+    if loop:
+        w = torch.tensor(window_weights(length, scheme), device=x.device, dtype=torch.float32)
+        acc = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
+        count = torch.zeros(f, device=x.device)
+        for s in range(0, f, stride):
+            idx = (torch.arange(length, device=x.device) + s) % f
+            acc.index_add_(1, idx, fn(x[:, idx]).float() * w[None, :, None])
+            count.index_add_(0, idx, w)
+        return (acc / count[None, :, None]).to(x.dtype)
     spans = [(i, min(f, i + length)) for i in range(0, f - length + 1, stride)]
     w = torch.tensor(window_weights(length, scheme), device=x.device, dtype=x.dtype)[None, :, None]
     complete = spans[-1][1] == f

@@ -279,10 +279,11 @@ class UNet(nn.Module):
         self._resolved_backend = None
 
     @contextlib.contextmanager
-    def temporal_windows(self, length: int, stride: int = 4, weighting: str = "pyramid"):
+    def temporal_windows(self, length: int, stride: int = 4, weighting: str = "pyramid", loop: bool = False):
         """Within this block, temporal attention runs on overlapping `length`-frame windows, fused (FreeNoise).
 
-        Everything else (ResBlocks, spatial layers, temporal convolutions) still sees all frames.
+        Everything else (ResBlocks, spatial layers, temporal convolutions) still sees all frames. With `loop` the
+        windows wrap from the last frames to the first and the temporal convolutions wrap too: a looping video.
         """
         from vidiff.models.layers import WEIGHTINGS
 
@@ -294,8 +295,11 @@ class UNet(nn.Module):
             raise ValueError(f"context_length={length} exceeds the motion module's positional table of "
                              f"{self.config.motion_max_seq_length} frames")
         layers = [m for m in self.modules() if hasattr(m, "window")]
+        convs = [m for m in self.modules() if hasattr(m, "circular")] if loop else []
         for m in layers:
-            m.window = (length, stride, weighting)
+            m.window = (length, stride, weighting, loop)
+        for m in convs:
+            m.circular = True
         self._windowed = True
         try:
             yield self
@@ -303,6 +307,8 @@ class UNet(nn.Module):
             self._windowed = False
             for m in layers:
                 m.window = None
+            for m in convs:
+                m.circular = False
 
     def enable_gradient_checkpointing(self, on: bool = True) -> None:
         """Recompute each block during backward instead of storing its activations."""

@@ -166,7 +166,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
                  output_type: str = "video", stride: int = 4, weighting: str = "pyramid",
                  noise_type: str = "shuffle_context", partitions: int = 2, lookahead: bool = True,
                  init_video: np.ndarray | None = None, strength: float = 1.0, decode_chunk_size: int | None = None,
-                 free_init: dict | int | None = None):
+                 free_init: dict | int | None = None, loop: bool = False):
         """Generate a video (or an image when num_frames=1). `given` maps frame index -> image.
 
         `prompt` (and `negative_prompt`) may be {frame: text}: prompt travel, the text states blended
@@ -191,6 +191,9 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
 
         `free_init` (a number of iterations, or {"iterations", "method", "order", "spatial", "temporal", "fast"})
         samples that many times, each pass starting from the last one's low frequencies (FreeInit; mode "all").
+
+        `loop=True` (mode "windows") makes a looping video: the windows wrap from the last frames to the first, so
+        the last frame leads into frame 0 as smoothly as any other pair.
 
         `decode_chunk_size` sets how many frames the VAE decodes at once (default: the codec's, 8; fewer
         is less memory, as diffusers' argument of that name).
@@ -251,7 +254,8 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
             out = init
         else:
             out, seams = sample_plan(runner, mode, shape, known, run, chunk=chunk, context=context, stride=stride,
-                                     weighting=weighting, noise_type=noise_type, noise=latents, free_init=free_init)
+                                     weighting=weighting, noise_type=noise_type, noise=latents, free_init=free_init,
+                                     loop=loop)
         if output_type == "latent" and mode != "fifo":
             return out
         settings = self._settings(locals(), init is not None, seams)
@@ -274,7 +278,8 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
                 "first_frame_first": bool(call["first_frame_first"]), "given_frames": sorted(call["given"] or {}),
                 "vidiff": getattr(vidiff, "__version__", None), "seams": seams,
                 **({"strength": call["strength"]} if edited else {}),
-                **({"free_init": call["free_init"]} if call.get("free_init") is not None else {}), **self.recipe()}
+                **({"free_init": call["free_init"]} if call.get("free_init") is not None else {}),
+                **({"loop": True} if call.get("loop") else {}), **self.recipe()}
 
     def runner(self, decode_chunk_size: int | None = None) -> Runner:
         """The model as the sampling plans see it: a function in float32 out, the schedule, the device, and the
