@@ -182,10 +182,13 @@ def test_cli_generate_image_to_video(svd_folder, tmp_path, capsys):
            (["generate", "--image", str(tmp_path / "x.png"), "--model", str(svd_folder), "--height", "33"],
             "multiples of"),
            (["generate", "--image", str(tmp_path / "x.png"), "--model", str(svd_folder), "--offload", "model"],
-            "not available for Stable Video Diffusion")]
+            "not available for Stable Video Diffusion"),
+           (["extend", str(tmp_path / "x.png"), "--model", str(svd_folder)], "is a Stable Video Diffusion model"),
+           (["interpolate", str(tmp_path / "x.png"), str(tmp_path / "x.png"), "--model", str(svd_folder)],
+            "is a Stable Video Diffusion model")]
     for argv, msg in bad:
         code, _, err = run_cli(capsys, *argv, "-o", tmp_path / "bad.mp4")
-        assert code == 2 and msg in err[-1] and "vidiff generate: error:" in err[-1], (argv, err)
+        assert code == 2 and msg in err[-1] and f"vidiff {argv[0]}: error:" in err[-1], (argv, err)
         assert not (tmp_path / "bad.mp4").exists()
 
 

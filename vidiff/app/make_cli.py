@@ -55,6 +55,10 @@ def _load_pipeline(args: argparse.Namespace):
                                          dtype=args.dtype, scheduler=scheduler_arg(args.scheduler),
                                          variant=args.variant, revision=args.revision)
     if hasattr(pipe, "conditioning"):          # Stable Video Diffusion: its own knobs (see _svd)
+        if args.command != "generate" or getattr(args, "prompts", None) is not None or args.video is not None:
+            raise UsageError(f"--model {args.model} is a Stable Video Diffusion model: it makes videos from an image "
+                             "with `vidiff generate --image PATH` (extend, interpolate, --video and --prompts batches "
+                             "are for the text-to-video models)")
         for flag, bad in (("--lora", loras), ("--offload", args.offload), ("--vae-tiling", args.vae_tiling)):
             if bad:
                 raise UsageError(f"{flag} is not available for Stable Video Diffusion models (its temporal VAE has no "
