@@ -24,6 +24,7 @@ from einops import rearrange
 from vidiff.data.io import fit_frame
 from vidiff.devices import randn, resolve_device, resolve_dtype
 from vidiff.diffusion.edm import EDMSchedule
+from vidiff.diffusion.samplers import sample_euler
 from vidiff.models.image_conditioning import CLIP_MEAN, CLIP_STD, ImageConditioning
 from vidiff.models.unet import UNet
 from vidiff.pipelines.inputs import load_frames
@@ -183,10 +184,12 @@ class SVDPipeline:
         image = torch.cat([torch.zeros_like(cond), cond]) if cfg else cond
         image = image[:, :, None].expand(-1, -1, num_frames, -1, -1)
         ids = torch.cat([ids, ids]) if cfg else ids
-        for i in range(steps):
-            s = sigmas[i]
-            if known is not None:
-                x[:, :, :known.shape[2]] = known + s * fixed
+        k = 0 if known is None else known.shape[2]
+
+        def denoise(x, level):                   # x0 from SVD's v-prediction, guided per frame; one level per step
+            s = level.reshape(-1)[0]
+            if k:                                 # the held frames, re-noised to this level
+                x = torch.cat([known + s * fixed, x[:, :, k:]], dim=2)
             xin = torch.cat([x, x]) if cfg else x
             xin = torch.cat([xin * self.schedule.c_in(s), image], dim=1).to(self.dtype)
             t = self.schedule.c_noise(s).expand(xin.shape[0]).to(self.device)
@@ -196,10 +199,9 @@ class SVDPipeline:
                 uncond, c = v.chunk(2)
                 v = uncond + ramp * (c - uncond)
             x0 = self.schedule.x0(v, x, s)
-            x = x + (x - x0) / s * (sigmas[i + 1] - s)
-        if known is not None:
-            x[:, :, :known.shape[2]] = known
-        return x
+            return torch.cat([known, x0[:, :, k:]], dim=2) if k else x0
+
+        return sample_euler(denoise, x, sigmas)
 
     def __call__(self, prompt: str | None = None, image=None, **kwargs):
         """`animate(image)`; SVD makes videos from an image, so a call without one is an error."""
