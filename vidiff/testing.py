@@ -248,3 +248,73 @@ def tiny_lora_file(unet, path: str | os.PathLike, rank: int = 2, seed: int = 0) 
             lora[f"unet.{n}.lora_B.weight"] = torch.randn(m.out_features, rank, generator=g) * 0.3
     save_file(lora, str(path))
     return Path(path)
+
+
+# ---- control (issue 29): ControlNet, SparseCtrl, IP-Adapter --------------------------------------
+
+def tiny_controlnet(seed: int = 3, widths=(8, 16)):
+    """A tiny random diffusers `ControlNetModel` for `tiny_unet2d` (cond embedding x2: the tiny VAE's factor)."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    net = ControlNetModel(block_out_channels=widths, layers_per_block=2, in_channels=4, norm_num_groups=2,
+                          down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), cross_attention_dim=8,
+                          conditioning_embedding_out_channels=(8, 8), attention_head_dim=2)
+    return _perturbed(net, seed=seed)
+
+
+def tiny_sparsectrl(rgb: bool = True, seed: int = 4, widths=(8, 16)):
+    """A tiny random diffusers `SparseControlNetModel` (RGB: latents + mask through one conv; else pixels)."""
+    from diffusers import SparseControlNetModel
+
+    torch.manual_seed(seed)
+    net = SparseControlNetModel(block_out_channels=widths, layers_per_block=2, in_channels=4,
+                                conditioning_channels=4 if rgb else 3, cross_attention_dim=8,
+                                down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"), norm_num_groups=2,
+                                conditioning_embedding_out_channels=(8, 8), attention_head_dim=2,
+                                motion_num_attention_heads=8, use_simplified_condition_embedding=rgb)
+    return _perturbed(net, seed=seed)
+
+
+def tiny_image_encoder(path: str | os.PathLike, seed: int = 5, size: int = 32) -> Path:
+    """Save a tiny random `CLIPVisionModelWithProjection` folder with its image processor (`size` pixels)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=16, projection_dim=12, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
+        image_size=size, patch_size=8)).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
+    return Path(path)
+
+
+def tiny_ip_adapter_file(path: str | os.PathLike, unet_widths: list[int], cross_dim: int = 8, embed_dim: int = 12,
+                         hidden_dim: int = 16, plus: bool = False, queries: int = 4, seed: int = 6) -> Path:
+    """Write an IP-Adapter file in the original layout (`image_proj.*`, `ip_adapter.{2j+1}.to_{k,v}_ip.weight`):
+    plain (a projection of CLIP's `image_embeds` to 4 tokens) or Plus (a 2-block resampler over hidden states)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.3                    # noqa: E731
+    sd = {}
+    if plus:
+        dim, inner = 16, 64                                               # heads = inner // 64, as files infer
+        sd.update({"latents": r(1, queries, dim), "proj_in.weight": r(dim, hidden_dim), "proj_in.bias": r(dim),
+                   "proj_out.weight": r(cross_dim, dim), "proj_out.bias": r(cross_dim),
+                   "norm_out.weight": 1 + r(cross_dim), "norm_out.bias": r(cross_dim)})
+        for i in range(2):
+            p = f"layers.{i}."
+            sd.update({p + "0.norm1.weight": 1 + r(dim), p + "0.norm1.bias": r(dim), p + "0.norm2.weight": 1 + r(dim),
+                       p + "0.norm2.bias": r(dim), p + "0.to_q.weight": r(inner, dim), p + "0.to_kv.weight": r(2 * inner, dim),
+                       p + "0.to_out.weight": r(dim, inner), p + "1.0.weight": 1 + r(dim), p + "1.0.bias": r(dim),
+                       p + "1.1.weight": r(4 * dim, dim), p + "1.3.weight": r(dim, 4 * dim)})
+    else:
+        sd.update({"proj.weight": r(4 * cross_dim, embed_dim), "proj.bias": r(4 * cross_dim),
+                   "norm.weight": 1 + r(cross_dim), "norm.bias": r(cross_dim)})
+    out = {f"image_proj.{k}": v for k, v in sd.items()}
+    for j, w in enumerate(unet_widths):
+        out[f"ip_adapter.{2 * j + 1}.to_k_ip.weight"] = r(w, cross_dim)
+        out[f"ip_adapter.{2 * j + 1}.to_v_ip.weight"] = r(w, cross_dim)
+    save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+    return Path(path)

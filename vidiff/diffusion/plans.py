@@ -33,12 +33,35 @@ class Runner:
     windows: Callable | None = None    # windows(length, stride, weighting, loop=False): a context in which temporal
                                        # attention runs on overlapping windows (FreeNoise; wrapping with loop)
     decode: Callable | None = None     # latents -> `f h w 3` uint8 frames (fifo streams frames out)
+    steered: bool = False              # the model also takes `where=` (a `Where`): control methods need the frames
+                                       # of the window and the step
+
 
     def temporal_windows(self, length: int, stride: int, weighting: str, loop: bool = False):
         """The model's windowed-attention context (a no-op for a model without temporal layers); `loop` wraps it."""
         if not self.windows:
             return contextlib.nullcontext()
         return self.windows(length, stride, weighting, loop=True) if loop else self.windows(length, stride, weighting)
+
+
+@dataclass
+class Where:
+    """Where sampling stands, for the methods that steer a video: the video's frames in this window and the step
+    (its index in the window's grid of `steps`, read from the noise level the model is called at)."""
+
+    frames: range
+    sigmas: torch.Tensor               # the grid of this window's sampling, descending, ending at 0
+    step: int = 0
+
+    @property
+    def steps(self) -> int:
+        """Steps in the grid."""
+        return len(self.sigmas) - 1
+
+    def at(self, sigma: torch.Tensor) -> None:
+        """Set the step from the (largest) noise level of a model call."""
+        s = float(sigma.max())
+        self.step = min(self.steps - 1, int((self.sigmas[:-1] > s * (1 + 1e-5)).sum()))
 
 
 def sample_window(runner, shape, known, ctx, steps, guidance, sampler, eta, generator, progress, offset=0,
@@ -87,6 +110,9 @@ def sample_window(runner, shape, known, ctx, steps, guidance, sampler, eta, gene
 
     n = 2 if cfg else 1
     kw = dict(cond=lat.repeat(n, 1, 1, 1, 1), cond_mask=mask.repeat(n, 1)) if framecond else {}
+    where = Where(range(offset, offset + f), plan.sigmas[start:].float())
+    if runner.steered:
+        kw["where"] = where
     guided = _guided(runner, gscale, cfg, kw)
     denoise = Denoiser(lambda x_t, t: guided(x_t, t, ctx), runner.schedule, plan)
     if known is not None and not framecond:
@@ -97,6 +123,11 @@ def sample_window(runner, shape, known, ctx, steps, guidance, sampler, eta, gene
         def denoise(x, sigma, _d=denoise):       # replacement: given frames re-noised to sigma
             x = torch.where(replace, lat + per_frame(sigma, x) * fixed, x)
             return torch.where(replace, lat, _d(x, sigma))
+
+    if runner.steered:
+        def denoise(x, sigma, _d=denoise):       # the step, for control start / end
+            where.at(sigma)
+            return _d(x, sigma)
 
     extra = {"eta": eta} if sampler in ("ddim", "euler_ancestral") and eta else {}
     if sampler == "ddim" and landing is not None:

@@ -9,6 +9,7 @@ follow diffusers' UNet2DConditionModel, so SD checkpoints load without renaming.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -175,6 +176,33 @@ class Attention(nn.Module):
         return self.to_out[1](self.to_out[0](out))
 
 
+    def cross(self, x: torch.Tensor, context: torch.Tensor, f: int, extra=()) -> torch.Tensor:
+        """Cross-attention of x `(b f) n c` to `context` plus extra keys and values (IP-Adapter's decoupled
+        attention): out = to_out(attn(q, text) + sum of scale * attn(q, k, v)) over `extra` = [(k, v, scale)].
+        Each context, k and v is `b m c'` (shared by a sample's f frames) or `(b f) m c'` (one per frame)."""
+        q = rearrange(self.to_q(x), "n l (h d) -> n h l d", h=self.heads)
+        out = self._over(q, self.to_k(context), self.to_v(context), f)
+        for k, v, scale in extra:
+            if scale != 0:                       # an adapter at scale 0 is skipped, as diffusers does
+                out = out + scale * self._over(q, k.to(q.dtype), v.to(q.dtype), f)
+        return self.to_out[1](self.to_out[0](rearrange(out, "n h l d -> n l (h d)")))
+
+    def _over(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, f: int) -> torch.Tensor:
+        k, v = (rearrange(t, "n m (h d) -> n h m d", h=self.heads) for t in (k, v))
+        if k.shape[0] == q.shape[0]:
+            return attention(q, k, v, self.backend)
+        fold = rearrange(q, "(b f) h l d -> b h (f l) d", f=f)      # every frame against the sample's keys
+        return rearrange(attention(fold, k, v, self.backend), "b h (f l) d -> (b f) h l d", f=f)
+
+
+class CrossContext(NamedTuple):
+    """The text states and the extra keys and values (IP-Adapter) of each cross-attention, as the UNet passes them
+    to its spatial transformers: {attention module: [(k, v, scale), ...]}."""
+
+    text: torch.Tensor
+    extra: dict
+
+
 class GEGLU(nn.Module):
     """Gated GELU projection (Shazeer 2020)."""
 
@@ -237,7 +265,9 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, f: int) -> torch.Tensor:
         """x: `(b f) n c`; context: `b m c'`, shared by the f frames of a sample, or `(b f) m c'`, per frame."""
         x = self.attn1(self.norm1(x)) + x
-        if context.shape[0] == x.shape[0]:          # a text per frame (prompt travel), or f == 1
+        if isinstance(context, CrossContext):       # extra keys and values beside the text (IP-Adapter)
+            x = self.attn2.cross(self.norm2(x), context.text, f, context.extra.get(self.attn2, ())) + x
+        elif context.shape[0] == x.shape[0]:        # a text per frame (prompt travel), or f == 1
             x = self.attn2(self.norm2(x), context) + x
         else:
             # Every frame attends to the same text, so queries of all frames go in one call

@@ -67,10 +67,11 @@ class TemporalBlock(nn.Module):
     just before each attention, not to the residual stream.
     """
 
-    def __init__(self, dim: int, heads: int, max_len: int | None = None, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, max_len: int | None = None, dropout: float = 0.0, double: bool = True):
         super().__init__()
         self.norm1, self.attn1 = nn.LayerNorm(dim), Attention(dim, heads, dropout=dropout)
-        self.norm2, self.attn2 = nn.LayerNorm(dim), Attention(dim, heads, dropout=dropout)
+        if double:                     # SparseCtrl's motion modules have one self-attention only
+            self.norm2, self.attn2 = nn.LayerNorm(dim), Attention(dim, heads, dropout=dropout)
         self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, dropout=dropout)
         self.pos_embed = SinusoidalPE(dim, max_len) if max_len else None
         self.window = None             # (length, stride, weighting): attend within overlapping windows (FreeNoise)
@@ -78,7 +79,7 @@ class TemporalBlock(nn.Module):
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         pe = self.pos_embed if self.pos_embed is not None else (lambda t: t)
         x = self.attn1(pe(self.norm1(x))) + x
-        return self.attn2(pe(self.norm2(x))) + x
+        return self.attn2(pe(self.norm2(x))) + x if hasattr(self, "attn2") else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: `n f c` -> same. With a window, the attentions run per window and are fused; the feed-forward sees all."""
@@ -94,13 +95,13 @@ class TemporalTransformer(nn.Module):
     """
 
     def __init__(self, channels: int, heads: int, head_dim: int, groups: int, depth: int = 1,
-                 max_len: int | None = None, dropout: float = 0.0):
+                 max_len: int | None = None, dropout: float = 0.0, double: bool = True):
         super().__init__()
         inner = heads * head_dim
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner)
         self.transformer_blocks = nn.ModuleList(
-            [TemporalBlock(inner, heads, max_len, dropout) for _ in range(depth)])
+            [TemporalBlock(inner, heads, max_len, dropout, double) for _ in range(depth)])
         self.proj_out = nn.Linear(inner, channels)
         nn.init.zeros_(self.proj_out.weight)            # starts as the identity (as the published inits)
         nn.init.zeros_(self.proj_out.bias)
@@ -158,7 +159,7 @@ def _motion_module(cfg, c, heads, eps=None):
     if c % cfg.temporal_heads:
         raise ValueError(f"motion module width {c} is not divisible by temporal_heads={cfg.temporal_heads}")
     return TemporalTransformer(c, cfg.temporal_heads, c // cfg.temporal_heads, cfg.norm_num_groups,
-                               cfg.temporal_layers, cfg.motion_max_seq_length)
+                               cfg.temporal_layers, cfg.motion_max_seq_length, double=cfg.motion_double_attention)
 
 
 def _modelscope_conv(cfg, c, heads, eps=None):

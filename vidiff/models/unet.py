@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vidiff.models.layers import (ATTENTION_BACKENDS, Downsample, GroupNorm, ResBlock, SpatialTransformer, TimestepEmbedding,
+from vidiff.models.layers import (ATTENTION_BACKENDS, CrossContext, Downsample, GroupNorm, ResBlock, SpatialTransformer, TimestepEmbedding,
                      Upsample, resolve_backend, timestep_embedding)
 from vidiff.models.checks import check_extras, check_inputs, cond_input
 from vidiff.models.temporal import build_stem, get_family
@@ -60,6 +60,7 @@ class UNetConfig:
     temporal_layers: int = 1                  # transformer blocks per temporal transformer (community families)
     motion_max_seq_length: int = 32           # animatediff: frames in the positional table (v1: 24)
     motion_mid_block: bool = True             # animatediff: a motion module in the middle block (v2)
+    motion_double_attention: bool = True      # animatediff: two self-attentions per motion block (SparseCtrl: one)
     transformer_in_head_dim: int = 64         # modelscope: head width of transformer_in (8 heads)
     temporal_attention_everywhere: bool = False  # also temporal attention at attention-free levels
     frame_conditioning: bool = False          # extra inputs [cond * mask, mask] for i2v/continuation
@@ -148,7 +149,8 @@ def _after_resnet(block, i, h, temb, ctx, f, indicator, attend: bool, slot2: boo
         layer = getattr(block, conv)[i]
         h = layer(h, f, temb, indicator) if video else layer(h, f)
     if attend:
-        inner = getattr(block, attn)[i].inner(ctx, f, indicator) if attn and video else None
+        text = ctx.text if isinstance(ctx, CrossContext) else ctx
+        inner = getattr(block, attn)[i].inner(text, f, indicator) if attn and video else None
         h = block.attentions[i](h, ctx, f, inner)
     if attn and not video:
         h = getattr(block, attn)[i](h, f)
@@ -310,6 +312,12 @@ class UNet(nn.Module):
             for m in convs:
                 m.circular = False
 
+    def cross_attentions(self) -> list:
+        """The text cross-attention modules in diffusers' processor order (down, up, then middle blocks): IP-Adapter
+        files number their layers by this order."""
+        levels = [*self.down_blocks, *self.up_blocks, self.mid_block]
+        return [blk.attn2 for lv in levels for st in (lv.attentions or []) for blk in st.transformer_blocks]
+
     def enable_gradient_checkpointing(self, on: bool = True) -> None:
         """Recompute each block during backward instead of storing its activations."""
         self.config.gradient_checkpointing = on
@@ -328,14 +336,23 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None,
-                added_time_ids: torch.Tensor | None = None, image_only_indicator: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                added_time_ids: torch.Tensor | None = None, image_only_indicator: torch.Tensor | None = None,
+                residuals: tuple | None = None, extra_kv: dict | None = None) -> torch.Tensor:
         """Predict from noisy video x `b c f h w` at noise level t `(b,)` or `(b, f)`.
 
         `cond` (`b c f h w`) and `cond_mask` (`b f`, 1 = frame given) feed the frame-conditioning
         inputs of a model built with `frame_conditioning=True`; without them it is text-to-video.
         `added_time_ids` (`b, n`) are SVD's (fps - 1, motion bucket, noise augmentation); `image_only_indicator`
         (`b f`, 1 = an image) makes those frames the image model in the svd family (default: all video).
+
+        The two inputs that steer a video from outside (vidiff/pipelines/control.py):
+        - `residuals = (down, mid)` (ControlNet, SparseCtrl): `down` holds one `(b f) c h w` tensor per skip
+          connection, in the order the down path makes them (conv_in, every down unit, every downsampler), each added
+          to its skip after the whole down path; `mid` is added to the middle block's output (diffusers'
+          `down_block_additional_residuals` / `mid_block_additional_residual`).
+        - `extra_kv = {attention: [(k, v, scale), ...]}` (IP-Adapter): extra keys and values, already projected, that
+          a cross-attention of `cross_attentions()` attends to beside the text; each result is added, times `scale`,
+          before its output projection. k and v are `b n c` (shared by a sample's frames) or `(b f) n c` (per frame).
         """
         cfg = self.config
         t, ctx = check_inputs(cfg, x, t, encoder_hidden_states, self._windowed)
@@ -358,6 +375,8 @@ class UNet(nn.Module):
             pos = timestep_embedding(torch.arange(f, device=x.device), cfg.block_out_channels[0],
                                      cfg.flip_sin_to_cos, cfg.freq_shift).to(x.dtype)
             temb = temb + self.frame_embedding(torch.cat([pos.repeat(b, 1), pooled], 1))
+        if extra_kv:
+            ctx = CrossContext(ctx, extra_kv)
 
         xf = rearrange(x, "b c f h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
         if torch.is_grad_enabled() and not xf.requires_grad and not self.conv_in.weight.requires_grad \
@@ -383,7 +402,14 @@ class UNet(nn.Module):
                 h = level.downsamplers[0](h)
                 skips.append(h)
 
+        if residuals is not None:
+            down, mid = residuals
+            if len(down) != len(skips):
+                raise ValueError(f"residuals hold {len(down)} down tensors; this UNet has {len(skips)} skip connections")
+            skips = [s + r.to(s.dtype) for s, r in zip(skips, down)]
         h = run(self.mid_block, h, temb, ctx, f, indicator)
+        if residuals is not None:
+            h = h + mid.to(h.dtype)
 
         for level in self.up_blocks:
             for i in range(len(level.resnets)):
@@ -441,19 +467,25 @@ def load_weights(config: UNetConfig, sd: dict, dtype: torch.dtype = torch.float3
     Every parameter must be in `sd`; fixed tables missing from it (AnimateDiff's `pe`) are computed.
     Floating tensors are cast to `dtype` one at a time (an fp16 file loads as float32 by default).
     """
+    return fill(lambda: UNet(config), sd, dtype, what, "the UNet")
+
+
+def fill(build, sd: dict, dtype: torch.dtype = torch.float32, what: str = "weights", into: str = "the model"):
+    """`build()` made on the meta device and given the tensors of `sd` (cast to `dtype`); every parameter must be
+    there (computed tables aside); 2-D convolutions channels-last, as the UNet lays them."""
     for k, v in sd.items():
         if v.is_floating_point() and v.dtype != dtype:
             sd[k] = v.to(dtype)
     with torch.device("meta"):
-        model = UNet(config)
+        model = build()
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     except RuntimeError as e:    # shape mismatches: bad input, not a crash
         detail = [line.strip() for line in str(e).splitlines() if "size mismatch" in line][:2]
-        raise ValueError(f"{what} do not fit the UNet: {'; '.join(detail) or e}") from None
+        raise ValueError(f"{what} do not fit {into}: {'; '.join(detail) or e}") from None
     missing = [k for k in missing if not k.endswith(".pe")]
     if missing or unexpected:
-        raise ValueError(f"{what} do not match the UNet: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+        raise ValueError(f"{what} do not match {into}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     device = next(iter(sd.values())).device if sd else torch.device("cpu")
     for m in model.modules():

@@ -53,13 +53,19 @@ def travel(text_encoder, prompt, num_frames: int) -> torch.Tensor:
     keys = sorted(prompt)
     if keys[0] != 0 or keys[-1] >= num_frames:
         raise ValueError(f"prompt travel frames must start at 0 and stay below num_frames={num_frames}, got {keys}")
-    states = text_encoder([prompt[k] for k in keys])
-    out = states[-1:].expand(num_frames, -1, -1).clone()
-    if keys[-1] != num_frames - 1:                    # the last prompt holds to the last frame
+    return blend_keys(keys, text_encoder([prompt[k] for k in keys]), num_frames)
+
+
+def blend_keys(keys: list[int], states: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Per-frame states `(f, ...)` from states at sorted key frames: linear between two keys, the last key held to
+    the end (prompt travel; IP-Adapter's {frame: image})."""
+    out = states[-1:].expand(num_frames, *states.shape[1:]).clone()
+    if keys[-1] != num_frames - 1:                    # the last key holds to the last frame
         keys, states = keys + [num_frames - 1], torch.cat([states, states[-1:]])
     for i in range(len(keys) - 1):
         a, b = keys[i], keys[i + 1]
-        w = torch.linspace(0, 1, b - a + 1, dtype=states.dtype, device=states.device)[:, None, None]
+        w = torch.linspace(0, 1, b - a + 1, dtype=states.dtype, device=states.device)
+        w = w.view(-1, *([1] * (states.ndim - 1)))
         out[a:b + 1] = (1 - w) * states[i] + w * states[i + 1]
     return out
 

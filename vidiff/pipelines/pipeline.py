@@ -24,6 +24,7 @@ from vidiff.devices import randn, resolve_device, resolve_dtype
 from vidiff.data.io import fit_frame, read_video
 from vidiff.diffusion.plans import Runner, sample_fifo, sample_plan, sample_window
 from vidiff.loaders.lora import PipelineLoras
+from vidiff.pipelines.control import PipelineControls
 from vidiff.pipelines.inputs import PipelineInputs, check_strength, load_frames
 from vidiff.pipelines.offload import PipelineMemory
 from vidiff.pipelines.requests import RequestChecks
@@ -72,7 +73,7 @@ def noise_layout(unet_config):
     return frame_major
 
 
-class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory):
+class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory, PipelineControls):
     """UNet + text encoder + noise schedule + codec, with the generation modes as methods."""
 
     def __init__(self, unet: UNet, text_encoder: TextEncoder, schedule: NoiseSchedule, codec=None,
@@ -154,6 +155,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         half_ok = self.device.type == "cuda"                  # on CPU fp16/bf16 text and VAE are slow or lossy
         self.text_encoder.to(device=self.device, dtype=self.dtype if half_ok else torch.float32)
         self.codec.to(device=self.device, dtype=self.codec.safe_dtype(self.dtype) if half_ok else torch.float32)
+        self.controls_to(self.device, self.dtype)
         return self
 
     # ---- generation --------------------------------------------------------------------------
@@ -166,7 +168,9 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
                  output_type: str = "video", stride: int = 4, weighting: str = "pyramid",
                  noise_type: str = "shuffle_context", partitions: int = 2, lookahead: bool = True,
                  init_video: np.ndarray | None = None, strength: float = 1.0, decode_chunk_size: int | None = None,
-                 free_init: dict | int | None = None, loop: bool = False):
+                 free_init: dict | int | None = None, loop: bool = False, control: dict | None = None,
+                 control_scale: float | dict = 1.0, control_start: float | dict = 0.0, control_end: float | dict = 1.0,
+                 ip_image=None, keyframes: dict | None = None):
         """Generate a video (or an image when num_frames=1). `given` maps frame index -> image.
 
         `prompt` (and `negative_prompt`) may be {frame: text}: prompt travel, the text states blended
@@ -195,6 +199,12 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         `loop=True` (mode "windows") makes a looping video: the windows wrap from the last frames to the first, so
         the last frame leads into frame 0 as smoothly as any other pair.
 
+        Control (each method loaded first; README "Control"): `control={name: frames}` (ControlNets of
+        `load_controlnet`; frames an `f h w 3` uint8 array, a list of images or a video path, one per frame) with
+        `control_scale`, `control_start`, `control_end` (numbers, or {name: number}); `keyframes={frame: image}`
+        (SparseCtrl, `load_sparsectrl`); `ip_image=image | [one per frame] | {frame: image}` (IP-Adapter,
+        `load_ip_adapter`; a dict blends between its frames as prompt travel does). They work in every mode but fifo.
+
         `decode_chunk_size` sets how many frames the VAE decodes at once (default: the codec's, 8; fewer
         is less memory, as diffusers' argument of that name).
         """
@@ -217,6 +227,9 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         guidance_scale = self.defaults.get("guidance_scale", 7.5) if guidance_scale is None else guidance_scale
         f, h, w = self.check_args(num_frames, height, width, num_inference_steps, sampler, mode, chunk,
                                   context, guidance_scale, fps, stride)
+        steer = self.steering(f, h, w, b, control, control_scale, control_start, control_end, ip_image, keyframes)
+        if steer is not None and mode == "fifo":
+            raise ValueError("control, keyframes and ip_image work in modes all, autoregressive and windows, not fifo")
         if seed is None and generator is None:
             seed = int(torch.randint(0, 2 ** 31, ()).item())      # recorded in the settings: reproducible
         g = generator or torch.Generator(device="cpu").manual_seed(seed)
@@ -239,7 +252,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
             first_frame_first = False
             init, latents, start = self._encode_video(init_video, shape, strength, num_inference_steps, sampler, g)
         ctx = self._text(prompt, negative_prompt, guidance_scale, f)
-        runner = self.runner(decode_chunk_size)
+        runner = self.runner(decode_chunk_size, steer)
         run = dict(ctx=ctx, steps=num_inference_steps, guidance=guidance_scale, sampler=sampler, eta=eta,
                    generator=g, progress=progress, init=init, start=start)
         if first_frame_first and f > 1 and not given:
@@ -279,19 +292,25 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
                 "vidiff": getattr(vidiff, "__version__", None), "seams": seams,
                 **({"strength": call["strength"]} if edited else {}),
                 **({"free_init": call["free_init"]} if call.get("free_init") is not None else {}),
-                **({"loop": True} if call.get("loop") else {}), **self.recipe()}
+                **({"loop": True} if call.get("loop") else {}), **self.recipe(),
+                **self.steering_settings(*(call.get(k) for k in ("control", "control_scale", "control_start",
+                                                                  "control_end", "ip_image", "keyframes")))}
 
-    def runner(self, decode_chunk_size: int | None = None) -> Runner:
+    def runner(self, decode_chunk_size: int | None = None, steer=None) -> Runner:
         """The model as the sampling plans see it: a function in float32 out, the schedule, the device, and the
-        few facts about the model a plan needs (decoding `decode_chunk_size` frames at a time)."""
+        few facts about the model a plan needs (decoding `decode_chunk_size` frames at a time). `steer` (a
+        `Steering`) adds the control methods' UNet inputs for the frames and step of each call."""
         unet, dtype = self.unet, self.dtype
 
-        def model(x_t, t, ctx, cond=None, cond_mask=None):
+        def model(x_t, t, ctx, cond=None, cond_mask=None, where=None):
             kw = {} if cond is None else {"cond": cond.to(dtype), "cond_mask": cond_mask}
-            return unet(x_t.to(dtype), t, ctx, **kw).float()
+            x_t = x_t.to(dtype)
+            if steer is not None:
+                kw.update(steer(x_t, t, ctx, where))
+            return unet(x_t, t, ctx, **kw).float()
         return Runner(model, self.schedule, self.device, bool(unet.config.frame_conditioning),
                       int(self.defaults.get("min_frames", 1)), noise_layout(unet.config), unet.temporal_windows,
-                      lambda z: self._decode(z, decode_chunk_size))
+                      lambda z: self._decode(z, decode_chunk_size), steered=steer is not None)
 
     def recipe(self) -> dict:
         """What loads this pipeline again: model (path or hub id@revision), motion adapter, variant, dtype, the
