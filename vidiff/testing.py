@@ -292,7 +292,7 @@ def tiny_image_encoder(path: str | os.PathLike, seed: int = 5, size: int = 32) -
 def tiny_ip_adapter_file(path: str | os.PathLike, unet_widths: list[int], cross_dim: int = 8, embed_dim: int = 12,
                          hidden_dim: int = 16, plus: bool = False, queries: int = 4, seed: int = 6) -> Path:
     """Write an IP-Adapter file in the original layout (`image_proj.*`, `ip_adapter.{2j+1}.to_{k,v}_ip.weight`):
-    plain (a projection of CLIP's `image_embeds` to 4 tokens) or Plus (a 2-block resampler over hidden states)."""
+    plain (a projection of CLIP's `image_embeds` to 4 tokens) or Plus (a 4-block resampler over hidden states)."""
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(seed)
@@ -303,7 +303,7 @@ def tiny_ip_adapter_file(path: str | os.PathLike, unet_widths: list[int], cross_
         sd.update({"latents": r(1, queries, dim), "proj_in.weight": r(dim, hidden_dim), "proj_in.bias": r(dim),
                    "proj_out.weight": r(cross_dim, dim), "proj_out.bias": r(cross_dim),
                    "norm_out.weight": 1 + r(cross_dim), "norm_out.bias": r(cross_dim)})
-        for i in range(2):
+        for i in range(4):                                                # diffusers assumes 4 blocks
             p = f"layers.{i}."
             sd.update({p + "0.norm1.weight": 1 + r(dim), p + "0.norm1.bias": r(dim), p + "0.norm2.weight": 1 + r(dim),
                        p + "0.norm2.bias": r(dim), p + "0.to_q.weight": r(inner, dim), p + "0.to_kv.weight": r(2 * inner, dim),

@@ -7,6 +7,7 @@ import os
 import sys
 
 from vidiff.app.common import UsageError, scheduler_arg, device_args
+from vidiff.app.control_cli import control_args
 
 
 def _load_pipeline(args: argparse.Namespace):
@@ -68,6 +69,9 @@ def _load_pipeline(args: argparse.Namespace):
     args.context = 4 if args.context is None else args.context
     for path, scale in loras:
         pipe.load_lora(path, scale)
+    from vidiff.app.control_cli import load_controls
+
+    args.steer = load_controls(args, pipe)
     _memory_knobs(args, pipe, device)
     return pipe
 
@@ -163,7 +167,8 @@ def _run(args: argparse.Namespace, pipe, frames: int, height: int, width: int, m
         args.seed = random.randrange(2 ** 31)
         print(f"seed {args.seed} (pass --seed {args.seed} to make this video again)")
     kwargs = dict(negative_prompt=args.negative_prompt, height=height, width=width, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, sampler=args.sampler, seed=args.seed, fps=args.fps, eta=args.eta)
+                  guidance_scale=args.guidance, sampler=args.sampler, seed=args.seed, fps=args.fps, eta=args.eta,
+                  **getattr(args, "steer", {}))
     t0 = time.perf_counter()
     video = make(kwargs)
     _save(args, video, time.perf_counter() - t0)
@@ -419,6 +424,7 @@ def make_parsers(sub) -> None:
     gen.add_argument("--first-frame-first", action=argparse.BooleanOptionalAction, default=None,
                      help="text-to-video as frame 0 first, then image-to-video from it "
                           "(default: the model's setting; shapes-64: on)")
+    control_args(gen)
     gen.set_defaults(run=_generate)
 
     ext = sub.add_parser("extend", help="continue a video by new frames, chunk by chunk")
