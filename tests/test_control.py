@@ -127,3 +127,21 @@ def test_loop_needs_windows_and_joins_the_ends(animatediff, tmp_path, capsys):
     code, _, err = run_cli(capsys, "generate", "a red circle", "--model", animatediff[0], "--frames", "4", "--loop",
                            "-o", tmp_path / "bad.mp4")
     assert code == 2 and "--loop makes a looping video with --mode windows" in err[-1]
+
+
+def test_shipped_model_loop_closes_the_wrap():
+    """The rendered case of benchmarks/loop_seam.py: 48 frames, windows of 16, stride 4. With loop the wrap pair
+    (last frame -> frame 0) changes about as much as any other pair; without it, several times more."""
+    import numpy as np
+
+    from vidiff.evaluation.metrics import mean_abs_difference
+    from vidiff.pipelines.pipeline import VideoPipeline
+
+    pipe = VideoPipeline.from_pretrained(device="cpu")
+    ratio = {}
+    for loop in (False, True):
+        f = pipe("a red circle moving right", num_frames=48, mode="windows", chunk=16, stride=4, loop=loop, seed=0,
+                 progress=False).frames
+        pairs = mean_abs_difference(np.concatenate([f, f[:1]]))
+        ratio[loop] = float(pairs[-1] / np.median(pairs[:-1]))
+    assert ratio[True] <= 1.3 < 2 * ratio[True] < ratio[False], ratio

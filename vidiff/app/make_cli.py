@@ -371,8 +371,8 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
                         "frame takes 2 x partitions window passes, after (partitions - 1) x chunk warm-up frames; shapes-64, 32 "
                         "frames: 1.61 s a frame at 2, 0.58 at 1, against 0.16 autoregressive and 0.14 windows")
     p.add_argument("--no-lookahead", dest="lookahead", action="store_false", help="fifo: without lookahead denoising")
-    p.add_argument("--noise-type", default="shuffle_context", choices=["shuffle_context", "repeat_context", "random"],
-                   help="windows: starting noise (default shuffle_context, FreeNoise)")
+    p.add_argument("--noise-type", default=None, choices=["shuffle_context", "repeat_context", "random"],
+                   help="windows: starting noise (default shuffle_context, FreeNoise; with --loop random)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="LoRA .safetensors to apply (repeatable; SD, AnimateDiff motion LoRA, v3 adapter), scale 1 by default")
     p.add_argument("--upscale", type=int, default=1, help="save each pixel as an n x n block (for viewing small videos)")

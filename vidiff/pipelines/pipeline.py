@@ -166,7 +166,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
                  fps: float | None = None, given: dict | None = None, progress: bool = True,
                  first_frame_first: bool | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "video", stride: int = 4, weighting: str = "pyramid",
-                 noise_type: str = "shuffle_context", partitions: int = 2, lookahead: bool = True,
+                 noise_type: str | None = None, partitions: int = 2, lookahead: bool = True,
                  init_video: np.ndarray | None = None, strength: float = 1.0, decode_chunk_size: int | None = None,
                  free_init: dict | int | None = None, loop: bool = False, control: dict | None = None,
                  control_scale: float | dict = 1.0, control_start: float | dict = 0.0, control_end: float | dict = 1.0,
@@ -197,7 +197,10 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         samples that many times, each pass starting from the last one's low frequencies (FreeInit; mode "all").
 
         `loop=True` (mode "windows") makes a looping video: the windows wrap from the last frames to the first, so
-        the last frame leads into frame 0 as smoothly as any other pair.
+        the last frame leads into frame 0 as smoothly as any other pair. A loop has no first frame, so the model's
+        `first_frame_first` default does not apply to it (an explicit True still does), and its starting noise is
+        drawn frame by frame (`noise_type` defaults to "random" for a loop, else to FreeNoise's "shuffle_context",
+        whose repeats run forward from frame 0).
 
         Control (each method loaded first; README "Control"): `control={name: frames}` (ControlNets of
         `load_controlnet`; frames an `f h w 3` uint8 array, a list of images or a video path, one per frame) with
@@ -233,8 +236,10 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         if seed is None and generator is None:
             seed = int(torch.randint(0, 2 ** 31, ()).item())      # recorded in the settings: reproducible
         g = generator or torch.Generator(device="cpu").manual_seed(seed)
-        if first_frame_first is None:
-            first_frame_first = bool(self.defaults.get("first_frame_first", False))
+        if noise_type is None:              # FreeNoise's shuffled repeats run forward from frame 0; a loop has no start
+            noise_type = "random" if loop else "shuffle_context"
+        if first_frame_first is None:       # a loop has no first frame: frame 0 made alone and held would be one
+            first_frame_first = bool(self.defaults.get("first_frame_first", False)) and not loop
         if mode == "fifo":
             if given or latents is not None or output_type != "video" or b > 1 or free_init is not None:
                 raise ValueError("fifo mode makes one video from text: no given frames, latents, latent output or free_init")
