@@ -260,3 +260,24 @@ def test_bad_control_inputs_are_one_line_each(parts, tmp_path, capsys):
         code, _, err = run_cli(capsys, *base, out, *extra)
         assert code == 2 and message in err[-1] and len(err) == 1, err
         assert not out.exists()
+
+
+def test_from_settings_makes_a_controlled_video_again(parts, tmp_path, capsys):
+    """The control options (with absolute paths) are stored in the video and --from-settings loads them again."""
+    from vidiff.data.io import read_video, write_video
+
+    root = parts[0]
+    write_video(clip(0), tmp_path / "pose.mp4", fps=8)
+    Image.fromarray(clip(5, f=1)[0]).save(tmp_path / "key.png")
+    code, _, err = run_cli(capsys, "generate", "a red circle", "--model", root / "ad", "--frames", "8", "--steps", "2",
+                           "--seed", "1", "--controlnet", root / "cn1", "--control", tmp_path / "pose.mp4",
+                           "--sparsectrl", root / "sparse-scribble", "--keyframe", f"3:{tmp_path / 'key.png'}",
+                           "-o", tmp_path / "a.mp4")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "generate", "--from-settings", tmp_path / "a.mp4", "-o", tmp_path / "b.mp4")
+    assert code == 0, err
+    assert np.array_equal(read_video(tmp_path / "a.mp4")[0], read_video(tmp_path / "b.mp4")[0])
+    from vidiff.data.io import read_settings
+
+    again = read_settings(tmp_path / "b.mp4")
+    assert again["keyframes"]["frames"] == [3] and len(again["control"]) == 1

@@ -17,7 +17,10 @@ ARGS = {"negative_prompt": "negative_prompt", "num_frames": "frames", "height": 
         "seed": "seed", "mode": "mode", "chunk": "chunk", "context": "context", "fps": "fps", "stride": "stride",
         "weighting": "weighting", "noise_type": "noise_type", "partitions": "partitions", "lookahead": "lookahead",
         "first_frame_first": "first_frame_first", "motion_adapter": "motion_adapter", "variant": "variant",
-        "dtype": "dtype", "scheduler": "scheduler"}
+        "dtype": "dtype", "scheduler": "scheduler", "free_init": "free_init", "loop": "loop"}
+# the control options, stored as given (paths absolute) under inputs["control"]
+CONTROL = ("controlnet", "control", "control_scale", "control_start", "control_end", "sparsectrl", "keyframe",
+           "ip_adapter", "image_encoder", "ip_image", "ip_scale")
 
 
 def _prompt(prompt):
@@ -53,9 +56,20 @@ def apply_settings(args, settings: dict | None, source: str) -> str:
         path = inputs.get(key)
         if path is not None and not os.path.exists(path):
             raise FileNotFoundError(f"--from-settings {source}: its input {key} {path} does not exist any more")
+    for key, value in (inputs.get("control") or {}).items():
+        if key in CONTROL:
+            setattr(args, key, value)
     if command == "extend":
         args.frames = inputs.get("new_frames", args.frames)
     return command
+
+
+def _absolute(value: str) -> str:
+    """A path, or FRAME:path, made absolute."""
+    at, sep, path = value.partition(":")
+    if sep and at.isdigit() and not os.path.exists(value):
+        return f"{at}:{os.path.abspath(path)}"
+    return os.path.abspath(value) if os.path.exists(value) else value
 
 
 def record_inputs(args) -> dict:
@@ -71,4 +85,16 @@ def record_inputs(args) -> dict:
         out["strength"] = args.strength
     if args.command == "extend":
         out["new_frames"] = args.frames
+    control = {}
+    for key in CONTROL:
+        value = getattr(args, key, None)
+        if value is None or value == []:
+            continue
+        if key in ("controlnet", "control", "keyframe", "ip_image"):
+            value = [_absolute(v) for v in value]
+        elif key in ("sparsectrl", "ip_adapter", "image_encoder"):
+            value = _absolute(str(value))
+        control[key] = value
+    if any(k in control for k in ("controlnet", "sparsectrl", "ip_adapter")):
+        out["control"] = control
     return out
