@@ -281,3 +281,15 @@ def test_from_settings_makes_a_controlled_video_again(parts, tmp_path, capsys):
 
     again = read_settings(tmp_path / "b.mp4")
     assert again["keyframes"]["frames"] == [3] and len(again["control"]) == 1
+
+
+@pytest.mark.parametrize("mode", ["windows", "autoregressive"])
+def test_sparsectrl_past_its_positional_table(parts, mode):
+    """40 frames with keyframes at both ends: the SparseCtrl net's motion modules (a 32-frame table) run on the same
+    windows as the UNet's, or on each autoregressive window."""
+    root, _, ours = parts
+    ours.load_sparsectrl(root / "sparse-rgb")
+    images = clip(5, f=2)
+    out = ours("a red circle", keyframes={0: images[0], 39: images[1]}, mode=mode, chunk=16, context=4, seed=0,
+               progress=False, **{**KW, "num_frames": 40, "num_inference_steps": 1})
+    assert out.shape == (1, 4, 40, 8, 8) and torch.isfinite(out).all()

@@ -11,6 +11,7 @@ Autoregressive mode slides such a window over the video: `chunk` frames at a tim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -314,8 +315,19 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
                 kw.update(steer(x_t, t, ctx, where))
             return unet(x_t, t, ctx, **kw).float()
         return Runner(model, self.schedule, self.device, bool(unet.config.frame_conditioning),
-                      int(self.defaults.get("min_frames", 1)), noise_layout(unet.config), unet.temporal_windows,
+                      int(self.defaults.get("min_frames", 1)), noise_layout(unet.config), self.temporal_windows,
                       lambda z: self._decode(z, decode_chunk_size), steered=steer is not None)
+
+    @contextlib.contextmanager
+    def temporal_windows(self, length: int, stride: int = 4, weighting: str = "pyramid", loop: bool = False):
+        """The UNet's (and a loaded SparseCtrl net's) temporal attention on overlapping windows for the block."""
+        from vidiff.models.unet import windowed
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.unet.temporal_windows(length, stride, weighting, loop))
+            if self._sparsectrl is not None:
+                stack.enter_context(windowed(self._sparsectrl, length, stride, weighting, loop))
+            yield self
 
     def recipe(self) -> dict:
         """What loads this pipeline again: model (path or hub id@revision), motion adapter, variant, dtype, the
