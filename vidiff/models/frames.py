@@ -1,7 +1,10 @@
 """Layers over the frames of `(b f) c h w` feature maps that several temporal families share: a GroupNorm whose
-statistics span a clip's frames, and a kernel-3 frame convolution with Conv3d's weights computed as one matmul."""
+statistics span a clip's frames, a kernel-3 frame convolution with Conv3d's weights computed as one matmul, and
+`windowed`: a model's temporal attention on overlapping frame windows (FreeNoise; looping)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import math
 
@@ -71,3 +74,34 @@ class FrameConv(nn.Module):
         y = F.conv2d(x, self.weight[..., 0].to(h.dtype), self.bias.to(h.dtype), padding=(0 if self.circular else 1, 0))
         out = y.permute(0, 2, 3, 1)                                           # b f n c' (contiguous)
         return out if shift is None else out.add_(shift.to(out.dtype))
+
+
+@contextlib.contextmanager
+def windowed(model: nn.Module, length: int, stride: int = 4, weighting: str = "pyramid", loop: bool = False):
+    """`model`'s temporal attention on overlapping windows for the block (and its temporal convolutions wrapping
+    round with `loop`): `UNet.temporal_windows`, also for a ControlNet with temporal layers (SparseCtrl)."""
+    from vidiff.models.layers import WEIGHTINGS
+
+    if length < 1 or stride < 1:
+        raise ValueError(f"context_length and context_stride must be >= 1, got {length} and {stride}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    cfg = model.config
+    if cfg.temporal and cfg.temporal_family == "animatediff" and length > cfg.motion_max_seq_length:
+        raise ValueError(f"context_length={length} exceeds the motion module's positional table of "
+                         f"{cfg.motion_max_seq_length} frames")
+    layers = [m for m in model.modules() if hasattr(m, "window")]
+    convs = [m for m in model.modules() if hasattr(m, "circular")] if loop else []
+    for m in layers:
+        m.window = (length, stride, weighting, loop)
+    for m in convs:
+        m.circular = True
+    model._windowed = True
+    try:
+        yield model
+    finally:
+        model._windowed = False
+        for m in layers:
+            m.window = None
+        for m in convs:
+            m.circular = False

@@ -9,7 +9,6 @@ without changing its output, and `vidiff.loaders.convert` loads community weight
 
 from __future__ import annotations
 
-import contextlib
 
 import json
 import os
@@ -286,6 +285,8 @@ class UNet(nn.Module):
         Everything else (ResBlocks, spatial layers, temporal convolutions) still sees all frames. With `loop` the
         windows wrap from the last frames to the first and the temporal convolutions wrap too: a looping video.
         """
+        from vidiff.models.frames import windowed
+
         return windowed(self, length, stride, weighting, loop)
 
     def cross_attentions(self) -> list:
@@ -434,37 +435,6 @@ class UNet(nn.Module):
             raise ValueError(f"{path} holds a {raw['_class_name']}, not a vidiff UNet; "
                              "convert it with vidiff.models.inflate() or `vidiff inflate`")
         return load_weights(UNetConfig.from_dict({**raw, **overrides}), load_file(str(weights)))
-
-
-@contextlib.contextmanager
-def windowed(model: nn.Module, length: int, stride: int = 4, weighting: str = "pyramid", loop: bool = False):
-    """`model`'s temporal attention on overlapping windows for the block (and its temporal convolutions wrapping
-    round with `loop`): `UNet.temporal_windows`, also for a ControlNet with temporal layers (SparseCtrl)."""
-    from vidiff.models.layers import WEIGHTINGS
-
-    if length < 1 or stride < 1:
-        raise ValueError(f"context_length and context_stride must be >= 1, got {length} and {stride}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    cfg = model.config
-    if cfg.temporal and cfg.temporal_family == "animatediff" and length > cfg.motion_max_seq_length:
-        raise ValueError(f"context_length={length} exceeds the motion module's positional table of "
-                         f"{cfg.motion_max_seq_length} frames")
-    layers = [m for m in model.modules() if hasattr(m, "window")]
-    convs = [m for m in model.modules() if hasattr(m, "circular")] if loop else []
-    for m in layers:
-        m.window = (length, stride, weighting, loop)
-    for m in convs:
-        m.circular = True
-    model._windowed = True
-    try:
-        yield model
-    finally:
-        model._windowed = False
-        for m in layers:
-            m.window = None
-        for m in convs:
-            m.circular = False
 
 
 def load_weights(config: UNetConfig, sd: dict, dtype: torch.dtype = torch.float32, what: str = "weights") -> UNet:

@@ -182,14 +182,9 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         batch, frames and size. `output_type="latent"` returns the final latents (as diffusers'
         `output_type="latent"`) instead of a `Video` (a list of them when b > 1).
 
-        `first_frame_first` (default: the model's `defaults`, else False) makes text-to-video two
-        steps of the same model: frame 0 as an image, then image-to-video from it (factorised
-        generation, as in Emu Video). The image fixes where the object is; the prompt then only has
-        to choose where it goes, which a frame-conditioned model learns far more easily.
-
-        A model whose `defaults` set `min_frames` (the shortest window its temporal layers were trained on)
-        draws a shorter window (an image; `first_frame_first`'s frame 0) as the first frames of one that
-        long (`sample_window`): at one frame such a model's temporal layers are outside what they learned.
+        `first_frame_first` (default: the model's `defaults`, else False) makes text-to-video two steps of the
+        same model: frame 0 as an image, then image-to-video from it (factorised generation, as in Emu Video).
+        A model whose `defaults` set `min_frames` draws a shorter window as the first frames of one that long.
 
         `init_video` (`f h w 3` uint8 at the output size) with `strength` is video-to-video; see
         `video_to_video`, which also reads, resizes and keeps the frame rate of its input.
@@ -197,11 +192,9 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         `free_init` (a number of iterations, or {"iterations", "method", "order", "spatial", "temporal", "fast"})
         samples that many times, each pass starting from the last one's low frequencies (FreeInit; mode "all").
 
-        `loop=True` (mode "windows") makes a looping video: the windows wrap from the last frames to the first, so
-        the last frame leads into frame 0 as smoothly as any other pair. A loop has no first frame, so the model's
-        `first_frame_first` default does not apply to it (an explicit True still does), and its starting noise is
-        drawn frame by frame (`noise_type` defaults to "random" for a loop, else to FreeNoise's "shuffle_context",
-        whose repeats run forward from frame 0).
+        `loop=True` (mode "windows") makes a looping video: the windows wrap from the last frames to the first. A
+        loop has no first frame: the model's `first_frame_first` default is off for it and `noise_type` defaults to
+        "random" (else FreeNoise's "shuffle_context", whose repeats run forward from frame 0).
 
         Control (each method loaded first; README "Control"): `control={name: frames}` (ControlNets of
         `load_controlnet`; frames an `f h w 3` uint8 array, a list of images or a video path, one per frame) with
@@ -212,18 +205,9 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         `decode_chunk_size` sets how many frames the VAE decodes at once (default: the codec's, 8; fewer
         is less memory, as diffusers' argument of that name).
         """
-        if output_type not in ("video", "latent"):
-            raise ValueError(f"output_type must be 'video' or 'latent', got {output_type!r}")
-        if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
-            raise ValueError(f"decode_chunk_size must be an integer >= 1, got {decode_chunk_size!r}")
         self.offload_idle()
-        b = 1
-        if latents is not None:
-            latents = torch.as_tensor(latents)
-            r, c = self.codec.factor, self.codec.channels
-            if latents.ndim != 5 or latents.shape[1] != c:
-                raise ValueError(f"latents must be (b, {c}, f, h/{r}, w/{r}), got {tuple(latents.shape)}")
-            b, num_frames, height, width = latents.shape[0], latents.shape[2], latents.shape[3] * r, latents.shape[4] * r
+        latents, b, num_frames, height, width = self.check_request(latents, num_frames, height, width, output_type,
+                                                                   decode_chunk_size)
         fps = self.defaults["fps"] if fps is None else fps
         if num_inference_steps is None:            # the model's own (a distilled model: fewer)
             num_inference_steps = int(self.defaults.get("num_inference_steps", 25))
@@ -321,7 +305,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
     @contextlib.contextmanager
     def temporal_windows(self, length: int, stride: int = 4, weighting: str = "pyramid", loop: bool = False):
         """The UNet's (and a loaded SparseCtrl net's) temporal attention on overlapping windows for the block."""
-        from vidiff.models.unet import windowed
+        from vidiff.models.frames import windowed
 
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.unet.temporal_windows(length, stride, weighting, loop))

@@ -24,6 +24,21 @@ class RequestChecks:
         return self.codec.factor * self.unet.config.downsample_factor
 
     # ---- checks ------------------------------------------------------------------------------
+    def check_request(self, latents, num_frames, height, width, output_type: str, decode_chunk_size):
+        """(latents, batch, frames, height, width) of a request: a given `latents`' shape sets the last four."""
+        if output_type not in ("video", "latent"):
+            raise ValueError(f"output_type must be 'video' or 'latent', got {output_type!r}")
+        if decode_chunk_size is not None and (not isinstance(decode_chunk_size, int) or decode_chunk_size < 1):
+            raise ValueError(f"decode_chunk_size must be an integer >= 1, got {decode_chunk_size!r}")
+        b = 1
+        if latents is not None:
+            latents = torch.as_tensor(latents)
+            r, c = self.codec.factor, self.codec.channels
+            if latents.ndim != 5 or latents.shape[1] != c:
+                raise ValueError(f"latents must be (b, {c}, f, h/{r}, w/{r}), got {tuple(latents.shape)}")
+            b, num_frames, height, width = latents.shape[0], latents.shape[2], latents.shape[3] * r, latents.shape[4] * r
+        return latents, b, num_frames, height, width
+
     def check_args(self, num_frames=None, height=None, width=None, num_inference_steps=25, sampler=None,
                    mode="all", chunk=16, context=4, guidance_scale=7.5, fps=8, stride=4) -> tuple[int, int, int]:
         """Validate generation arguments before any work; returns (frames, height, width)."""
