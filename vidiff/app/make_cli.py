@@ -168,7 +168,8 @@ def _run(args: argparse.Namespace, pipe, frames: int, height: int, width: int, m
         print(f"seed {args.seed} (pass --seed {args.seed} to make this video again)")
     kwargs = dict(negative_prompt=args.negative_prompt, height=height, width=width, num_inference_steps=args.steps,
                   guidance_scale=args.guidance, sampler=args.sampler, seed=args.seed, fps=args.fps, eta=args.eta,
-                  **getattr(args, "steer", {}))
+                  **getattr(args, "steer", {}),
+                  **({"cache": {"interval": args.cache, "depth": args.cache_depth}} if args.cache is not None else {}))
     t0 = time.perf_counter()
     video = make(kwargs)
     _save(args, video, time.perf_counter() - t0)
@@ -385,6 +386,10 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
                         "(each layer; least GPU memory, slowest)")
     p.add_argument("--decode-chunk", type=int, default=None, help="frames the VAE decodes at once (default 8; fewer: less memory)")
     p.add_argument("--vae-tiling", action="store_true", help="decode large frames in overlapping VAE tiles")
+    p.add_argument("--cache", type=int, default=None, metavar="N",
+                   help="step caching (DeepCache): the whole UNet every N steps, only its outer level between")
+    p.add_argument("--cache-depth", type=int, default=1, metavar="D",
+                   help="with --cache: how many outer UNet levels run on the cached steps (default 1)")
 
 
 def make_parsers(sub) -> None:

@@ -56,6 +56,8 @@ def apply_settings(args, settings: dict | None, source: str) -> str:
         path = inputs.get(key)
         if path is not None and not os.path.exists(path):
             raise FileNotFoundError(f"--from-settings {source}: its input {key} {path} does not exist any more")
+    if settings.get("cache"):
+        args.cache, args.cache_depth = settings["cache"]["interval"], settings["cache"]["depth"]
     for key, value in (inputs.get("control") or {}).items():
         if key in CONTROL:
             setattr(args, key, value)

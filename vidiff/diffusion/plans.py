@@ -323,8 +323,10 @@ def sample_fifo(runner, shape, ctx, guidance, generator, progress, window: int, 
     gscale = torch.as_tensor(guidance, dtype=torch.float32, device=runner.device)
     if gscale.ndim:
         raise ValueError("fifo mode takes one guidance scale, not a (first, last) ramp")
-    model = _guided(runner, gscale, ctx.shape[0] == 2, {})
     starts = list(range(0, la + nf - f + 1, f // 2)) if lookahead else list(range(0, nf, f))
+    # one model per queue window; a steered runner (step caching) is told which slots it holds
+    models = {s: _guided(runner, gscale, ctx.shape[0] == 2,
+                         {"where": Where(range(s, s + f), torch.zeros(1))} if runner.steered else {}) for s in starts}
     keep = f // 2 if lookahead else 0                                # with lookahead only the noisier half is written
     out = []
     bar = tqdm(total=total + warm, desc="fifo", disable=not progress, leave=False)
@@ -335,7 +337,8 @@ def sample_fifo(runner, shape, ctx, guidance, generator, progress, window: int, 
             for s in reversed(starts):                               # tail first: each window reads un-updated slots
                 e = s + f
                 x, sl = queue[:, :, s:e], lev_all[s:e][None].expand(b, -1)
-                x0 = Denoiser(lambda x_t, t, idx=frame[s:e]: model(x_t, t, texts(idx)), runner.schedule)(x, sl)
+                slot = models[s]
+                x0 = Denoiser(lambda x_t, t, idx=frame[s:e]: slot(x_t, t, texts(idx)), runner.schedule)(x, sl)
                 ratio = per_frame(land_all[s:e][None].expand(b, -1) / sl, x0)
                 queue[:, :, s + keep:e] = (x0 + ratio * (x - x0))[:, :, keep:]
             if it >= warm:

@@ -314,7 +314,8 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None,
                 added_time_ids: torch.Tensor | None = None, image_only_indicator: torch.Tensor | None = None,
-                residuals: tuple | None = None, extra_kv: dict | None = None) -> torch.Tensor:
+                residuals: tuple | None = None, extra_kv: dict | None = None,
+                step_cache: dict | None = None) -> torch.Tensor:
         """Predict from noisy video x `b c f h w` at noise level t `(b,)` or `(b, f)`.
 
         `cond` (`b c f h w`) and `cond_mask` (`b f`, 1 = frame given) feed the frame-conditioning
@@ -330,6 +331,10 @@ class UNet(nn.Module):
         - `extra_kv = {attention: [(k, v, scale), ...]}` (IP-Adapter): extra keys and values, already projected, that
           a cross-attention of `cross_attentions()` attends to beside the text; each result is added, times `scale`,
           before its output projection. k and v are `b n c` (shared by a sample's frames) or `(b f) n c` (per frame).
+
+        `step_cache = {"depth": d}` (DeepCache, Ma et al. 2024): a full pass stores, under "deep", the features the
+        d outermost up levels start from; a pass given "deep" runs only conv_in, the d outermost down and up levels
+        and conv_out around them (the caller decides which steps refresh: `vidiff/pipelines/speed.py`).
         """
         cfg = self.config
         t, ctx = check_inputs(cfg, x, t, encoder_hidden_states, self._windowed)
@@ -369,34 +374,45 @@ class UNet(nn.Module):
         if f > 1 and hasattr(self, "transformer_in"):
             h = self.transformer_in(h, f)
 
+        h = self._levels(h, temb, ctx, f, indicator, residuals, step_cache)
+        h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
+        return rearrange(h, "(b f) c h w -> b c f h w", b=b)
+
+    def _levels(self, h, temb, ctx, f, indicator, residuals, step_cache):
+        """The down path, middle block and up path on conv_in's output (with a step cache: only the outer levels
+        on steps that reuse the deep features)."""
         run = self._runner()
+        n = len(self.down_blocks)
+        depth = n if step_cache is None else check_depth(step_cache.get("depth", 1), n)
+        reuse = step_cache is not None and step_cache.get("deep") is not None
         skips = [h]
-        for level in self.down_blocks:
+        for li, level in enumerate(self.down_blocks[:depth] if reuse else self.down_blocks):
             for i in range(len(level.resnets)):
                 h = run(level.unit, i, h, temb, ctx, f, indicator)
                 skips.append(h)
-            if hasattr(level, "downsamplers"):
+            if hasattr(level, "downsamplers") and not (reuse and li == depth - 1):
                 h = level.downsamplers[0](h)
                 skips.append(h)
-
         if residuals is not None:
             down, mid = residuals
-            if len(down) != len(skips):
+            if len(down) != len(skips) and not reuse:
                 raise ValueError(f"residuals hold {len(down)} down tensors; this UNet has {len(skips)} skip connections")
             skips = [s + r.to(s.dtype) for s, r in zip(skips, down)]
-        h = run(self.mid_block, h, temb, ctx, f, indicator)
-        if residuals is not None:
-            h = h + mid.to(h.dtype)
-
-        for level in self.up_blocks:
+        if not reuse:
+            h = run(self.mid_block, h, temb, ctx, f, indicator)
+            if residuals is not None:
+                h = h + mid.to(h.dtype)
+        for li, level in zip(range(n - 1, -1, -1), self.up_blocks):
+            if reuse and li >= depth:
+                continue
+            if step_cache is not None and li == depth - 1:      # the deep features: what the outer levels get
+                h = step_cache["deep"] if reuse else step_cache.setdefault("deep", h)
             for i in range(len(level.resnets)):
                 h = torch.cat([h, skips.pop()], dim=1)
                 h = run(level.unit, i, h, temb, ctx, f, indicator)
             if hasattr(level, "upsamplers"):
                 h = level.upsamplers[0](h)
-
-        h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
-        return rearrange(h, "(b f) c h w -> b c f h w", b=b)
+        return h
 
     def _runner(self):
         if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -435,6 +451,14 @@ class UNet(nn.Module):
             raise ValueError(f"{path} holds a {raw['_class_name']}, not a vidiff UNet; "
                              "convert it with vidiff.models.inflate() or `vidiff inflate`")
         return load_weights(UNetConfig.from_dict({**raw, **overrides}), load_file(str(weights)))
+
+
+def check_depth(depth, levels: int) -> int:
+    """A step cache's depth: how many outer levels run on reusing steps (1 .. levels - 1)."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth < levels:
+        raise ValueError(f"cache depth must be an integer in 1..{levels - 1} (outer levels that run on cached "
+                         f"steps; this UNet has {levels}), got {depth!r}")
+    return depth
 
 
 def load_weights(config: UNetConfig, sd: dict, dtype: torch.dtype = torch.float32, what: str = "weights") -> UNet:

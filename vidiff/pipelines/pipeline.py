@@ -29,6 +29,7 @@ from vidiff.pipelines.control import PipelineControls
 from vidiff.pipelines.inputs import PipelineInputs, check_strength, load_frames
 from vidiff.pipelines.offload import PipelineMemory
 from vidiff.pipelines.requests import RequestChecks
+from vidiff.pipelines.speed import check_cache
 from vidiff.pipelines.video import Video  # noqa: F401  (the public home of Video stays here)
 from vidiff.diffusion.schedule import NoiseSchedule
 from vidiff.models.text import TextEncoder
@@ -171,7 +172,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
                  init_video: np.ndarray | None = None, strength: float = 1.0, decode_chunk_size: int | None = None,
                  free_init: dict | int | None = None, loop: bool = False, control: dict | None = None,
                  control_scale: float | dict = 1.0, control_start: float | dict = 0.0, control_end: float | dict = 1.0,
-                 ip_image=None, keyframes: dict | None = None):
+                 ip_image=None, keyframes: dict | None = None, cache: int | dict | None = None):
         """Generate a video (or an image when num_frames=1). `given` maps frame index -> image.
 
         `prompt` (and `negative_prompt`) may be {frame: text}: prompt travel, the text states blended
@@ -201,6 +202,9 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         `control_scale`, `control_start`, `control_end` (numbers, or {name: number}); `keyframes={frame: image}`
         (SparseCtrl, `load_sparsectrl`); `ip_image=image | [one per frame] | {frame: image}` (IP-Adapter,
         `load_ip_adapter`; a dict blends between its frames as prompt travel does). They work in every mode but fifo.
+
+        `cache` (an interval, or {"interval", "depth"}) reuses the deep UNet features between refreshes (DeepCache,
+        `vidiff/pipelines/speed.py`), in every mode.
 
         `decode_chunk_size` sets how many frames the VAE decodes at once (default: the codec's, 8; fewer
         is less memory, as diffusers' argument of that name).
@@ -242,7 +246,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
             first_frame_first = False
             init, latents, start = self._encode_video(init_video, shape, strength, num_inference_steps, sampler, g)
         ctx = self._text(prompt, negative_prompt, guidance_scale, f)
-        runner = self.runner(decode_chunk_size, steer)
+        runner = self.runner(decode_chunk_size, steer, cache)
         run = dict(ctx=ctx, steps=num_inference_steps, guidance=guidance_scale, sampler=sampler, eta=eta,
                    generator=g, progress=progress, init=init, start=start)
         if first_frame_first and f > 1 and not given:
@@ -283,24 +287,32 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
                 **({"strength": call["strength"]} if edited else {}),
                 **({"free_init": call["free_init"]} if call.get("free_init") is not None else {}),
                 **({"loop": True} if call.get("loop") else {}), **self.recipe(),
+                **({"cache": check_cache(call["cache"])} if call.get("cache") is not None else {}),
                 **self.steering_settings(*(call.get(k) for k in ("control", "control_scale", "control_start",
                                                                   "control_end", "ip_image", "keyframes")))}
 
-    def runner(self, decode_chunk_size: int | None = None, steer=None) -> Runner:
+    def runner(self, decode_chunk_size: int | None = None, steer=None, cache=None) -> Runner:
         """The model as the sampling plans see it: a function in float32 out, the schedule, the device, and the
         few facts about the model a plan needs (decoding `decode_chunk_size` frames at a time). `steer` (a
-        `Steering`) adds the control methods' UNet inputs for the frames and step of each call."""
+        `Steering`) adds the control methods' UNet inputs for the frames and step of each call; `cache` (step
+        caching options) reuses deep features between refreshes."""
+        from vidiff.pipelines.speed import StepCache
+
         unet, dtype = self.unet, self.dtype
+        cache = None if cache is None else StepCache(cache, len(unet.config.block_out_channels))
+        self.step_cache = cache
 
         def model(x_t, t, ctx, cond=None, cond_mask=None, where=None):
             kw = {} if cond is None else {"cond": cond.to(dtype), "cond_mask": cond_mask}
             x_t = x_t.to(dtype)
             if steer is not None:
                 kw.update(steer(x_t, t, ctx, where))
+            if cache is not None:
+                kw["step_cache"] = cache(x_t, where)
             return unet(x_t, t, ctx, **kw).float()
         return Runner(model, self.schedule, self.device, bool(unet.config.frame_conditioning),
                       int(self.defaults.get("min_frames", 1)), noise_layout(unet.config), self.temporal_windows,
-                      lambda z: self._decode(z, decode_chunk_size), steered=steer is not None)
+                      lambda z: self._decode(z, decode_chunk_size), steered=steer is not None or cache is not None)
 
     @contextlib.contextmanager
     def temporal_windows(self, length: int, stride: int = 4, weighting: str = "pyramid", loop: bool = False):
