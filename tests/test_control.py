@@ -141,7 +141,7 @@ def test_shipped_model_loop_closes_the_wrap():
     ratio = {}
     for loop in (False, True):
         f = pipe("a red circle moving right", num_frames=48, mode="windows", chunk=16, stride=4, loop=loop, seed=0,
-                 progress=False).frames
+                 progress=False, cache=1).frames                 # float32 (the suite's auto), no step caching
         pairs = mean_abs_difference(np.concatenate([f, f[:1]]))
         ratio[loop] = float(pairs[-1] / np.median(pairs[:-1]))
     assert ratio[True] <= 1.3 < 2 * ratio[True] < ratio[False], ratio

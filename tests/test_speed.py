@@ -26,6 +26,8 @@ def _run(pipe, calls, mode, cache):
     kw = dict(num_frames=8, num_inference_steps=6, seed=0, progress=False, mode=mode, chunk=4, context=1)
     if mode != "fifo":
         kw["output_type"] = "latent"
+    else:
+        kw.update(num_frames=3, partitions=1)
     calls[0] = 0
     out = pipe("a red circle moving right", cache=cache, **kw)
     return torch.as_tensor(getattr(out, "frames", out)).float(), calls[0]
@@ -85,3 +87,51 @@ def test_cache_cli(tmp_path, capsys):
     code, _, err = run_cli(capsys, "generate", "a red circle", "--model", folder, "--frames", "4", "--cache", "0",
                            "-o", tmp_path / "bad.mp4")
     assert code == 2 and "cache interval must be" in err[-1] and not (tmp_path / "bad.mp4").exists()
+
+
+def test_auto_dtype_picks_bf16_only_where_it_is_faster(monkeypatch):
+    """`dtype="auto"` on a CPU: float32 without native bfloat16 (the capability probe patched), bfloat16 with it
+    when the probe matmul agrees; float16 on CUDA; VIDIFF_AUTO_DTYPE pins it."""
+    from vidiff import devices
+
+    monkeypatch.delenv("VIDIFF_AUTO_DTYPE", raising=False)
+    for native, probe, expected in ((False, True, torch.float32), (True, False, torch.float32),
+                                    (True, True, torch.bfloat16)):
+        monkeypatch.setattr(devices, "_BF16", [])
+        monkeypatch.setattr(devices, "cpu_bf16_native", lambda: native)
+        monkeypatch.setattr(devices, "bf16_probe", lambda: probe)
+        assert devices.resolve_dtype("auto", torch.device("cpu")) == expected
+    assert devices.resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    monkeypatch.setenv("VIDIFF_AUTO_DTYPE", "float32")
+    assert devices.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.setenv("VIDIFF_AUTO_DTYPE", "half")
+    with pytest.raises(ValueError, match="VIDIFF_AUTO_DTYPE must be one of"):
+        devices.resolve_dtype("auto", torch.device("cpu"))
+
+
+def test_auto_dtype_pipeline_runs_its_unet_in_bf16_and_decodes_in_float32(monkeypatch, tmp_path):
+    from vidiff import devices, testing
+    from vidiff.pipelines.pipeline import VideoPipeline
+
+    monkeypatch.delenv("VIDIFF_AUTO_DTYPE", raising=False)
+    monkeypatch.setattr(devices, "_BF16", [True])
+    pipe = VideoPipeline.from_pretrained(testing.tiny_model(tmp_path / "m"), device="cpu")
+    assert pipe.dtype == torch.bfloat16 and next(pipe.unet.parameters()).dtype == torch.bfloat16
+    video = pipe("a red circle", num_frames=4, num_inference_steps=2, seed=0, progress=False)
+    assert video.frames.shape[0] == 4 and video.settings["dtype"] == "bfloat16"
+
+
+@pytest.mark.slow
+def test_compile_gives_the_eager_output(tmp_path, capsys):
+    """torch.compile (inductor) on a tiny model: the same latents within 1e-4; --compile on the command line."""
+    from vidiff import testing
+
+    pipe = testing.tiny_pipeline()
+    kw = dict(num_frames=4, num_inference_steps=2, seed=0, progress=False, output_type="latent")
+    eager = pipe("a red circle", **kw)
+    compiled = pipe.compile()("a red circle", **kw)
+    assert float((compiled - eager).abs().max() / eager.abs().max()) <= 1e-4
+    folder = testing.tiny_model(tmp_path / "m")
+    code, _, err = run_cli(capsys, "generate", "a red circle", "--model", folder, "--frames", "4", "--steps", "2",
+                           "--compile", "--seed", "0", "-o", tmp_path / "c.mp4")
+    assert code == 0, err

@@ -99,7 +99,7 @@ def _bench_shapes(args: argparse.Namespace) -> None:
     pipe = VideoPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     result = shapes_benchmark(pipe, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
                               i2v_clips=args.i2v_clips, progress=not args.quiet, sheet=args.sheet,
-                              object_scale=args.object_scale)
+                              object_scale=args.object_scale, cache=args.cache)
     print(f"model {result['model']}: {result['steps']} steps, guidance {pipe.defaults.get('guidance_scale', 7.5) if args.guidance is None else args.guidance}, "
           f"{args.seeds} seeds, {result['seconds_per_t2v_video']:.1f} s per {pipe.defaults['num_frames']}-frame video "
           f"({pipe.dtype}, {pipe.device})".replace("torch.", ""))
@@ -152,4 +152,6 @@ def bench_parsers(sub) -> None:
     shp.add_argument("--json", default=None, help="write the full result (every video) to this .json")
     shp.add_argument("--sheet", default=None, help="write a contact sheet of generated videos to this .png")
     shp.add_argument("--quiet", action="store_true", help="no progress bar")
+    shp.add_argument("--cache", type=int, default=None, metavar="N",
+                     help="step caching: the whole UNet every N steps (default: the model's setting)")
     shp.set_defaults(run=_bench_shapes)

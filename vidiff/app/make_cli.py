@@ -72,6 +72,8 @@ def _load_pipeline(args: argparse.Namespace):
     from vidiff.app.control_cli import load_controls
 
     args.steer = load_controls(args, pipe)
+    if getattr(args, "compile", False):
+        pipe.compile()
     _memory_knobs(args, pipe, device)
     return pipe
 
@@ -388,6 +390,8 @@ def _generation_args(p: argparse.ArgumentParser, frames_help: str) -> None:
     p.add_argument("--vae-tiling", action="store_true", help="decode large frames in overlapping VAE tiles")
     p.add_argument("--cache", type=int, default=None, metavar="N",
                    help="step caching (DeepCache): the whole UNet every N steps, only its outer level between")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (the first video pays the compile; see README for when it pays)")
     p.add_argument("--cache-depth", type=int, default=1, metavar="D",
                    help="with --cache: how many outer UNet levels run on the cached steps (default 1)")
 

@@ -354,8 +354,8 @@ def _mean_of(rows: list[dict], key: str) -> float | None:
 
 def shapes_benchmark(pipe, seeds: int = 3, steps: int | None = None, guidance: float | None = None, num_frames: int | None = None,
                      i2v_clips: int = 12, progress: bool = True, sheet: str | os.PathLike | None = None,
-                     object_scale: float = 1.0) -> dict:
-    """Generate the shapes prompts and read colour, shape and motion back from the pixels.
+                     object_scale: float = 1.0, cache: int | dict | None = None) -> dict:
+    """Generate the shapes prompts and read colour, shape and motion back from the pixels (`cache`: step caching).
 
     Text-to-video is scored per attribute on seen and held-out combinations. Image-to-video
     animates first frames of freshly rendered dataset clips; continuation extends their first 8
@@ -375,6 +375,8 @@ def shapes_benchmark(pipe, seeds: int = 3, steps: int | None = None, guidance: f
     kw = dict(num_frames=num_frames, num_inference_steps=steps, progress=False)
     if guidance is not None:
         kw["guidance_scale"] = guidance
+    if cache is not None:
+        kw["cache"] = cache
     jobs = [("seen", c) for c in seen] + [("heldout", c) for c in held]
     bar = tqdm(total=len(jobs) * seeds + 2 * i2v_clips, desc="bench shapes", disable=not progress)
     rows, t2v_seconds, samples = [], [], []

@@ -240,7 +240,9 @@ def residual_ff(x: torch.Tensor, norm: nn.Module, ff: nn.Module) -> torch.Tensor
     tens of MB and the projections become memory-bound. Chunks of `FF_CHUNK / width` tokens keep it in cache.
     """
     rows, step = x.numel() // x.shape[-1], max(256, FF_CHUNK // x.shape[-1])
-    if torch.is_grad_enabled() or rows < 2 * step or x.device.type != "cpu":      # a CPU cache trick only
+    if torch.is_grad_enabled() or rows < 2 * step or x.device.type != "cpu" or x.shape[-1] >= 512:
+        # a CPU cache trick, for narrow widths only: from 640 channels on, the weights (12 x width^2) outweigh a
+        # chunk's activations and each chunk reads them again (640 wide: 0.94x, 1280: 0.86x; 320: 1.4x)
         return ff(norm(x)) + x
     flat = x.reshape(rows, x.shape[-1])
     out = torch.empty_like(flat)

@@ -29,7 +29,7 @@ from vidiff.pipelines.control import PipelineControls
 from vidiff.pipelines.inputs import PipelineInputs, check_strength, load_frames
 from vidiff.pipelines.offload import PipelineMemory
 from vidiff.pipelines.requests import RequestChecks
-from vidiff.pipelines.speed import check_cache
+from vidiff.pipelines.speed import PipelineSpeed, check_cache
 from vidiff.pipelines.video import Video  # noqa: F401  (the public home of Video stays here)
 from vidiff.diffusion.schedule import NoiseSchedule
 from vidiff.models.text import TextEncoder
@@ -75,7 +75,7 @@ def noise_layout(unet_config):
     return frame_major
 
 
-class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory, PipelineControls):
+class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory, PipelineControls, PipelineSpeed):
     """UNet + text encoder + noise schedule + codec, with the generation modes as methods."""
 
     def __init__(self, unet: UNet, text_encoder: TextEncoder, schedule: NoiseSchedule, codec=None,
@@ -203,8 +203,8 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         (SparseCtrl, `load_sparsectrl`); `ip_image=image | [one per frame] | {frame: image}` (IP-Adapter,
         `load_ip_adapter`; a dict blends between its frames as prompt travel does). They work in every mode but fifo.
 
-        `cache` (an interval, or {"interval", "depth"}) reuses the deep UNet features between refreshes (DeepCache,
-        `vidiff/pipelines/speed.py`), in every mode.
+        `cache` (an interval, or {"interval", "depth"}; default: the model's `defaults`, else off; 1 = off) reuses
+        the deep UNet features between refreshes (DeepCache, `vidiff/pipelines/speed.py`), in every mode.
 
         `decode_chunk_size` sets how many frames the VAE decodes at once (default: the codec's, 8; fewer
         is less memory, as diffusers' argument of that name).
@@ -225,19 +225,8 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
         if seed is None and generator is None:
             seed = int(torch.randint(0, 2 ** 31, ()).item())      # recorded in the settings: reproducible
         g = generator or torch.Generator(device="cpu").manual_seed(seed)
-        if noise_type is None:              # FreeNoise's shuffled repeats run forward from frame 0; a loop has no start
-            noise_type = "random" if loop else "shuffle_context"
-        if first_frame_first is None:       # a loop has no first frame: frame 0 made alone and held would be one
-            first_frame_first = bool(self.defaults.get("first_frame_first", False)) and not loop
-        if mode == "fifo":
-            if given or latents is not None or output_type != "video" or b > 1 or free_init is not None:
-                raise ValueError("fifo mode makes one video from text: no given frames, latents, latent output or free_init")
-            first_frame_first = False
-        if first_frame_first and not self.unet.config.frame_conditioning:
-            raise ValueError("first_frame_first=True needs a model with frame_conditioning (image-to-video); "
-                             "this one has none")
-        if first_frame_first and b > 1:
-            raise ValueError("first_frame_first works on one video at a time (latents with b=1)")
+        first_frame_first, noise_type = self.check_plan(mode, given, latents, output_type, b, free_init,
+                                                        first_frame_first, loop, noise_type)
         shape = (b, self.codec.channels, f, h // self.codec.factor, w // self.codec.factor)
         init, start = None, 0
         if init_video is not None:                  # video-to-video: its latents first, then the noise (diffusers' order)
@@ -246,6 +235,7 @@ class VideoPipeline(RequestChecks, PipelineInputs, PipelineLoras, PipelineMemory
             first_frame_first = False
             init, latents, start = self._encode_video(init_video, shape, strength, num_inference_steps, sampler, g)
         ctx = self._text(prompt, negative_prompt, guidance_scale, f)
+        cache = self.defaults.get("cache") if cache is None else cache        # the model's own (shipped: on)
         runner = self.runner(decode_chunk_size, steer, cache)
         run = dict(ctx=ctx, steps=num_inference_steps, guidance=guidance_scale, sampler=sampler, eta=eta,
                    generator=g, progress=progress, init=init, start=start)

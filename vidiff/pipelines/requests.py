@@ -39,6 +39,23 @@ class RequestChecks:
             b, num_frames, height, width = latents.shape[0], latents.shape[2], latents.shape[3] * r, latents.shape[4] * r
         return latents, b, num_frames, height, width
 
+    def check_plan(self, mode, given, latents, output_type, b, free_init, first_frame_first, loop, noise_type):
+        """(first_frame_first, noise_type) of a request, defaults filled in and the combinations checked."""
+        if noise_type is None:              # FreeNoise's shuffled repeats run forward from frame 0; a loop has no start
+            noise_type = "random" if loop else "shuffle_context"
+        if first_frame_first is None:       # a loop has no first frame: frame 0 made alone and held would be one
+            first_frame_first = bool(self.defaults.get("first_frame_first", False)) and not loop
+        if mode == "fifo":
+            if given or latents is not None or output_type != "video" or b > 1 or free_init is not None:
+                raise ValueError("fifo mode makes one video from text: no given frames, latents, latent output or free_init")
+            first_frame_first = False
+        if first_frame_first and not self.unet.config.frame_conditioning:
+            raise ValueError("first_frame_first=True needs a model with frame_conditioning (image-to-video); "
+                             "this one has none")
+        if first_frame_first and b > 1:
+            raise ValueError("first_frame_first works on one video at a time (latents with b=1)")
+        return first_frame_first, noise_type
+
     def check_args(self, num_frames=None, height=None, width=None, num_inference_steps=25, sampler=None,
                    mode="all", chunk=16, context=4, guidance_scale=7.5, fps=8, stride=4) -> tuple[int, int, int]:
         """Validate generation arguments before any work; returns (frames, height, width)."""

@@ -94,6 +94,7 @@ class SampleConfig:
     guidance_scale: float = 0.0        # 0: the pipeline's default
     num_inference_steps: int = 0       # 0: the pipeline's default
     min_frames: int = 1                # a shorter free window is drawn as the start of one this long
+    cache: int = 0                     # step caching interval (DeepCache, depth 1); 0: off
 
     def defaults(self) -> dict:
         """The settings that differ from the pipeline's own defaults."""
@@ -104,6 +105,8 @@ class SampleConfig:
             out["num_inference_steps"] = self.num_inference_steps
         if self.min_frames > 1:
             out["min_frames"] = self.min_frames
+        if self.cache > 1:
+            out["cache"] = {"interval": self.cache, "depth": 1}
         return out
 
 
