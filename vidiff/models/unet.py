@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from vidiff.models.layers import (ATTENTION_BACKENDS, CrossContext, Downsample, GroupNorm, ResBlock, SpatialTransformer, TimestepEmbedding,
                      Upsample, resolve_backend, timestep_embedding)
 from vidiff.models.checks import check_extras, check_inputs, cond_input
+from vidiff.models.layout import lay_out, memory_format_of
 from vidiff.models.temporal import build_stem, get_family
 
 CONFIG_NAME = "config.json"
@@ -265,11 +266,7 @@ class UNet(nn.Module):
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
         self.set_attention_backend(cfg.attention_backend)
-        # Channels-last feature maps: convolutions run ~1.4x (fp32) to 2x (bf16) faster on CPU at narrow widths
-        # and the spatial transformer's `c h w -> (h w) c` becomes a view instead of a copy. Levels of 1024
-        # channels and more stay contiguous: there (small maps, SD's deepest levels) oneDNN's channels-last
-        # convolution is slower (1280 channels at 4x4: 0.66x fp32, 0.77x bf16; `memory_format_of`).
-        lay_out(self)
+        lay_out(self)             # channels-last convolutions below 1024 channels (vidiff/models/layout.py)
 
     # ---------------------------------------------------------------------------------------
     def set_attention_backend(self, backend: str) -> None:
@@ -497,22 +494,6 @@ def fill(build, sd: dict, dtype: torch.dtype = torch.float32, what: str = "weigh
             m.reset_buffers(device)
     lay_out(model)                                           # as __init__ lays them: the fast layout
     return model
-
-
-WIDE = 1024          # channels from which feature maps stay contiguous (not channels-last)
-
-
-def memory_format_of(channels: int) -> torch.memory_format:
-    """The faster layout on CPU for feature maps of this many channels."""
-    return torch.contiguous_format if channels >= WIDE else torch.channels_last
-
-
-def lay_out(model: nn.Module) -> None:
-    """2-D convolution weights in the layout of the maps they make (`memory_format_of` their output width: the level
-    they belong to); ModelScope's 5-D frame-convolution weights stay as they are."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            m.to(memory_format=memory_format_of(m.out_channels))
 
 
 def is_temporal_key(name: str) -> bool:
